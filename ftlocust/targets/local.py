@@ -1,0 +1,282 @@
+"""Process groups: start named local processes, wait for them, signal, restart and stop them.
+
+Generic on purpose (any argv, env, health URL): the reference deployment and a real local
+Dynamo both use it. Each role has its own log file (run_dir/logs/<role>.log, stdout and stderr)
+and PID file (run_dir/pids/<role>.pid). Only PIDs this group started are ever signalled.
+
+Works unchanged under gevent monkey-patching (Locust): no threads, only subprocess.Popen,
+blocking HTTP on sockets and polling with time.sleep, all of which gevent makes cooperative.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal as _signal
+import subprocess
+import time
+import urllib.parse
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from ftlocust.errors import ConfigError
+
+HealthUrl = Union[str, Callable[[], Union[str, None]], None]
+
+_POLL_S = 0.05
+
+
+@dataclass
+class ProcessSpec:
+    """How to start one role.
+
+    health_url: GET it until 200 to call the process ready. A callable is asked each poll and
+    may return None while the URL is not known yet (e.g. the process reports an OS-assigned
+    port in a file). None: ready as soon as the process is running.
+    """
+
+    role: str
+    argv: list[str]
+    env: dict[str, str] | None = None
+    health_url: HealthUrl = None
+    startup_timeout_s: float = 60
+    cwd: str | None = None
+
+
+def http_get_status(url: str, timeout_s: float = 1.0) -> int | None:
+    """Status of GET url, or None if it cannot be reached. No proxies (loopback services)."""
+    parts = urllib.parse.urlsplit(url)
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname, parts.port, timeout=timeout_s)
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else "") or "/")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def last_line(path: str, max_bytes: int = 8192) -> str:
+    """Last non-empty line of a text file ("" if none), for one-line error messages."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+class ProcessGroup:
+    """Named processes started by this object. Context manager: stop() on exit."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = os.path.abspath(os.fspath(run_dir))
+        self.logs_dir = os.path.join(self.run_dir, "logs")
+        self.pids_dir = os.path.join(self.run_dir, "pids")
+        os.makedirs(self.logs_dir, exist_ok=True)
+        os.makedirs(self.pids_dir, exist_ok=True)
+        self.specs: dict[str, ProcessSpec] = {}
+        self.started_at: dict[str, float] = {}
+        self.ready_at: dict[str, float] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._order: list[str] = []  # start order; stop(None) walks it backwards
+        # A driver that exits without stop() must not leave processes behind (finalize runs at
+        # interpreter exit too).
+        self._finalizer = weakref.finalize(self, _kill_all, self._procs)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def start(self, spec: ProcessSpec, wait: bool = True) -> int:
+        """Start spec.role (which must not be running); return its PID. wait: wait_ready too."""
+        if not spec.role or "/" in spec.role:
+            raise ConfigError(f"process role {spec.role!r}: expected a non-empty name without '/'")
+        if self.alive(spec.role):
+            raise ConfigError(f"process {spec.role} is already running (pid {self.pid(spec.role)})")
+        log_path = self.log_path(spec.role)
+        if os.path.exists(log_path) and os.path.getsize(log_path) > 0:
+            os.replace(log_path, self.previous_log_path(spec.role))
+        env = None
+        if spec.env is not None:
+            env = dict(os.environ)
+            env.update(spec.env)
+        with open(log_path, "wb") as log:
+            try:
+                proc = subprocess.Popen(
+                    spec.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=spec.cwd,
+                    # Own session: a terminal's Ctrl-C reaches only the driver, which then stops
+                    # the group in order.
+                    start_new_session=True,
+                )
+            except OSError as e:
+                raise ConfigError(f"process {spec.role}: cannot start {spec.argv[0]!r}: {e.strerror or e}") from None
+        self.specs[spec.role] = spec
+        self._procs[spec.role] = proc
+        self.started_at[spec.role] = time.time()
+        self.ready_at.pop(spec.role, None)
+        if spec.role in self._order:
+            self._order.remove(spec.role)
+        self._order.append(spec.role)
+        with open(self.pid_path(spec.role), "w") as f:
+            f.write(f"{proc.pid}\n")
+        if wait:
+            self.wait_ready(spec.role)
+        return proc.pid
+
+    def wait_ready(self, role: str, timeout_s: float | None = None) -> float:
+        """Block until role's health URL answers 200; return ready_at[role] (wall clock).
+
+        Raises ConfigError (one line: role, log file, its last line) if the process exits first
+        or the timeout passes.
+        """
+        spec = self._spec(role)
+        proc = self._procs[role]
+        timeout = spec.startup_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise ConfigError(
+                    f"process {role} exited with code {code} before it was ready "
+                    f"(log: {self.log_path(role)}): {last_line(self.log_path(role)) or 'no output'}"
+                )
+            url = spec.health_url() if callable(spec.health_url) else spec.health_url
+            if spec.health_url is None or (url and http_get_status(url, timeout_s=1.0) == 200):
+                self.ready_at[role] = time.time()
+                return self.ready_at[role]
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"process {role} not ready after {timeout:g} s (health {url or 'unknown'}; "
+                    f"log: {self.log_path(role)}): {last_line(self.log_path(role)) or 'no output'}"
+                )
+            time.sleep(_POLL_S)
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def roles(self) -> list[str]:
+        """Roles started by this group, in start order."""
+        return list(self._order)
+
+    def pid(self, role: str) -> int | None:
+        proc = self._procs.get(role)
+        return proc.pid if proc is not None else None
+
+    def alive(self, role: str) -> bool:
+        proc = self._procs.get(role)
+        return proc is not None and proc.poll() is None
+
+    def returncode(self, role: str) -> int | None:
+        proc = self._procs.get(role)
+        return proc.poll() if proc is not None else None
+
+    def log_path(self, role: str) -> str:
+        return os.path.join(self.logs_dir, f"{role}.log")
+
+    def previous_log_path(self, role: str) -> str:
+        return os.path.join(self.logs_dir, f"{role}.previous.log")
+
+    def pid_path(self, role: str) -> str:
+        return os.path.join(self.pids_dir, f"{role}.pid")
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def signal(self, role: str, sig: int) -> int:
+        """Send sig to role's process (only if this group started it and it runs); return PID."""
+        proc = self._procs.get(role)
+        if proc is None:
+            raise ConfigError(f"process {role}: not started by this group (roles: {', '.join(self._order) or 'none'})")
+        if proc.poll() is not None:
+            raise ConfigError(f"process {role} (pid {proc.pid}) is not running (exit code {proc.returncode})")
+        os.kill(proc.pid, sig)
+        return proc.pid
+
+    def update_spec(self, spec: ProcessSpec) -> None:
+        """Replace how an already started role is started by later restart() calls."""
+        self._spec(spec.role)
+        self.specs[spec.role] = spec
+
+    def restart(self, role: str, grace_s: float = 10, wait: bool = True) -> int:
+        """Stop role (if running), keep its log as logs/<role>.previous.log, start it again."""
+        spec = self._spec(role)
+        self.stop(role, grace_s=grace_s)
+        return self.start(spec, wait=wait)
+
+    def stop(self, role: str | None = None, grace_s: float = 10) -> None:
+        """Stop one role, or every role in reverse start order: SIGTERM, SIGKILL after grace_s."""
+        roles = [role] if role is not None else list(reversed(self._order))
+        for r in roles:
+            if r not in self._procs:
+                if role is not None:
+                    raise ConfigError(f"process {r}: not started by this group")
+                continue
+            _terminate(self._procs[r], grace_s)
+            try:
+                os.unlink(self.pid_path(r))
+            except FileNotFoundError:
+                pass
+
+    def _spec(self, role: str) -> ProcessSpec:
+        try:
+            return self.specs[role]
+        except KeyError:
+            raise ConfigError(
+                f"process {role}: not started by this group (roles: {', '.join(self._order) or 'none'})"
+            ) from None
+
+    def __enter__(self) -> "ProcessGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(_signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + max(0.0, grace_s)
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        # Bounded: SIGKILL cannot be ignored, only a process in uninterruptible I/O lingers.
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(_POLL_S)
+
+
+def _kill_all(procs: dict) -> None:
+    """Last resort at interpreter exit: children still running get SIGTERM, then SIGKILL."""
+    running = [p for p in procs.values() if p.poll() is None]
+    for p in running:
+        try:
+            p.send_signal(_signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 3
+    while any(p.poll() is None for p in running) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    for p in running:
+        if p.poll() is None:
+            try:
+                p.kill()
+                p.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass

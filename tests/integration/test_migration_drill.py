@@ -1,0 +1,133 @@
+"""The main drill as a user runs it: `locust -f locustfiles/migration.py --headless`.
+
+Each test starts the whole thing as a subprocess (Locust + the embedded reference deployment on
+127.0.0.1) with a small request budget, then reads the artifacts it wrote.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ftlocust.records import read_records
+
+pytestmark = pytest.mark.integration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LOCUST = [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfiles", "migration.py"), "--headless"]
+SMALL = ["--ft-requests-per-client", "12", "--ft-target-token-delay", "0.01"]
+
+
+def _run(args, artifacts, timeout=240):
+    return subprocess.run(LOCUST + ["--ft-artifacts", str(artifacts)] + args, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _pids(artifacts):
+    folder = os.path.join(artifacts, "deployment", "pids")
+    if not os.path.isdir(folder):
+        return {}
+    return {name: int(open(os.path.join(folder, name)).read().strip()) for name in os.listdir(folder)}
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _assert_torn_down(artifacts):
+    pids = _pids(artifacts)
+    assert pids, "the deployment wrote no pid files"
+    deadline = time.time() + 20
+    while any(_alive(p) for p in pids.values()) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [n for n, p in pids.items() if _alive(p)]
+
+
+def test_main_drill_passes_with_migration(tmp_path):
+    art = tmp_path / "run"
+    proc = _run(SMALL, art)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((art / "summary.json").read_text())
+    assert summary["passed"] is True
+    (fault,) = summary["faults"]
+    assert fault["kind"] == "process-signal" and fault["target"].startswith("worker-")
+    assert summary["phases"]["before"]["success"] > 0 and summary["phases"]["after"]["success"] > 0
+    assert summary["phases"]["all"]["failed"] == 0
+    assert summary["recovery"]["time_to_first_success_s"] is not None
+    assert summary["startup_s"] > 0
+    records = read_records(str(art / "requests.jsonl"))
+    assert len(records) == summary["phases"]["all"]["count"]
+    probe = [r for r in records if r.extra.get("probe")]
+    assert len(probe) == 1 and probe[0].outcome == "ok" and probe[0].output_tokens == probe[0].expected_tokens
+    assert probe[0].token_check == "ok"
+    for name in ("results.txt", "test.log", "services/frontend/frontend.log",
+                 "services/frontend/frontend.metrics.before.txt", "services/frontend/frontend.metrics.after.txt"):
+        assert (art / name).is_file(), name
+    table = (art / "results.txt").read_text()
+    assert "Success Before" in table and "PASS" in table
+    assert "Success Before" in proc.stdout
+    _assert_torn_down(art)
+
+
+def test_main_drill_fails_without_migration(tmp_path):
+    art = tmp_path / "run"
+    proc = _run(SMALL + ["--ft-target-migration-limit", "0"], art)
+    assert proc.returncode not in (0, None), proc.stdout[-3000:]
+    summary = json.loads((art / "summary.json").read_text())
+    assert summary["passed"] is False
+    failed = [c["name"] for c in summary["checks"] if not c["passed"]]
+    assert failed
+    records = read_records(str(art / "requests.jsonl"))
+    assert any(r.outcome == "stream_error_event" for r in records)
+    _assert_torn_down(art)
+
+
+def test_sigterm_mid_run_rolls_back_and_keeps_every_finished_request(tmp_path):
+    art = tmp_path / "run"
+    proc = subprocess.Popen(LOCUST + ["--ft-artifacts", str(art), "--ft-requests-per-client", "100"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = art / "requests.jsonl"
+        deadline = time.time() + 90
+        while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 15):
+            time.sleep(0.2)
+        assert log.exists(), "no request finished within 90 s"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = read_records(str(log))
+    assert len(records) >= 15
+    summary = json.loads((art / "summary.json").read_text())
+    assert summary["phases"]["all"]["count"] == len(records)
+    _assert_torn_down(art)
+
+
+def test_dry_run_starts_nothing(tmp_path):
+    art = tmp_path / "run"
+    proc = _run(["--ft-dry-run"], art, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SIGKILL" in proc.stdout and "serving" in proc.stdout
+    assert not (art / "requests.jsonl").exists() and not _pids(art)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ft-fault-after-requests", "100000"], "--ft-fault-after-requests: 100000 is larger than the total request budget"),
+    (["--ft-scenario", "/nonexistent.yaml"], "--ft-scenario: no such file"),
+    (["--ft-target-workers", "0"], "--ft-target-workers: expected an integer > 0"),
+])
+def test_bad_input_is_one_line_before_any_load(tmp_path, args, message):
+    proc = _run(args, tmp_path / "run", timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "requests.jsonl").exists() or not read_records(str(tmp_path / "run" / "requests.jsonl"))

@@ -1,0 +1,377 @@
+"""Phases, per-phase statistics and recovery on hand-built records (T_f = 100.0 unless said)."""
+
+import json
+import math
+
+import pytest
+
+from ftlocust import phases
+from ftlocust.phases import (
+    TIMELINE,
+    FaultEvent,
+    FaultTimeline,
+    classify,
+    per_fault,
+    percentile,
+    phase_of,
+    phase_stats,
+    recovery,
+    stats,
+)
+from ftlocust.records import (
+    CANCELLED,
+    CONNECTION_ERROR,
+    OK,
+    OUTCOMES,
+    REJECTED,
+    TRUNCATED,
+    RequestRecord,
+)
+
+T_F = 100.0
+
+
+def rec(start, end, outcome=OK, **kw):
+    kw.setdefault("kind", "chat-stream")
+    kw.setdefault("endpoint", "/v1/chat/completions")
+    kw.setdefault("stream", True)
+    return RequestRecord(start_wall=start, end_wall=end, outcome=outcome, **kw)
+
+
+# --- classification -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "start,end,expected",
+    [
+        (90.0, 99.0, "before"),
+        (90.0, 100.0, "before"),  # ended exactly at T_f
+        (100.0, 101.0, "after"),  # started exactly at T_f
+        (101.0, 102.0, "after"),
+        (99.0, 100.5, "spanning"),
+    ],
+)
+def test_phase_of_boundaries(start, end, expected):
+    assert phase_of(start, end, T_F) == expected
+    assert classify(rec(start, end), T_F) == expected
+
+
+def test_phase_of_without_fault_is_none():
+    assert phase_of(1.0, 2.0, None) is None
+    assert FaultTimeline().phase_of(1.0, 2.0) is None
+
+
+def test_fault_event_round_trip():
+    ev = FaultEvent("kill-worker", "process", "worker-1", 100.0, 104.5, {"signal": "SIGKILL", "pid": 7})
+    d = ev.to_dict()
+    assert d == {
+        "name": "kill-worker",
+        "kind": "process",
+        "target": "worker-1",
+        "injected_at": 100.0,
+        "recovered_at": 104.5,
+        "detail": {"signal": "SIGKILL", "pid": 7},
+    }
+    json.dumps(d)
+    assert FaultEvent.from_dict(d) == ev
+    assert FaultEvent.from_dict({"name": "n", "kind": "k", "target": "t", "injected_at": 1}).recovered_at is None
+
+
+def test_timeline_first_fault_is_t_f_and_duplicates_kept_once():
+    tl = FaultTimeline()
+    assert tl.fault_time is None and tl.faults == []
+    assert tl.record_fault(FaultEvent("second", "process", "w2", 200.0))
+    assert tl.record_fault(FaultEvent("first", "process", "w1", 100.0))
+    assert not tl.record_fault(FaultEvent("first", "process", "w1", 100.0))
+    assert tl.fault_time == 100.0
+    assert [f.name for f in tl.faults] == ["first", "second"]
+    assert tl.phase_of(99.0, 100.0) == "before"
+    assert tl.phase_of(99.0, 150.0) == "spanning"
+    assert tl.mark_recovered("first", 103.0) and tl.faults[0].recovered_at == 103.0
+    assert not tl.mark_recovered("nope", 1.0)
+    tl.faults.clear()  # a copy: the timeline is unchanged
+    assert len(tl.faults) == 2
+    tl.reset()
+    assert tl.fault_time is None
+
+
+def test_global_timeline_is_shared():
+    TIMELINE.reset()
+    try:
+        TIMELINE.record_fault(FaultEvent("f", "process", "w", T_F))
+        assert phases.TIMELINE.phase_of(100.0, 101.0) == "after"
+    finally:
+        TIMELINE.reset()
+
+
+# --- percentiles ------------------------------------------------------------------------------
+
+
+def test_percentile_linear_interpolation():
+    xs = [4.0, 1.0, 3.0, 2.0]  # unsorted on purpose
+    assert percentile(xs, 0) == 1.0
+    assert percentile(xs, 50) == 2.5
+    assert percentile(xs, 90) == pytest.approx(3.7)
+    assert percentile(xs, 99) == pytest.approx(3.97)
+    assert percentile(xs, 100) == 4.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+    xs100 = [float(i) for i in range(1, 101)]
+    assert percentile(xs100, 50) == pytest.approx(50.5)
+    assert percentile(xs100, 99) == pytest.approx(99.01)
+    with pytest.raises(ValueError):
+        percentile(xs, 101)
+
+
+# --- per-phase statistics -------------------------------------------------------------------
+
+
+def dataset():
+    return [
+        # before
+        rec(90.0, 95.0, ttft_s=0.5, itl_mean_s=0.01, itl_max_s=0.02, output_tokens=10),
+        rec(94.0, 100.0, latency_s=5.5, ttft_s=1.5, itl_mean_s=0.03, itl_max_s=0.05, output_tokens=20),  # ends at T_f
+        rec(96.0, 98.0, REJECTED, status=503),
+        # spanning
+        rec(98.0, 103.0, ttft_s=0.25, output_tokens=40, phase="after"),  # stale phase on the record is ignored
+        rec(99.0, 101.0, TRUNCATED, output_tokens=3, first_token_wall=99.5),
+        # after
+        rec(100.0, 102.0, ttft_s=0.75, itl_mean_s=0.05, itl_max_s=0.5, output_tokens=30),  # started at T_f
+        rec(101.0, 104.0, CONNECTION_ERROR, stream=False),
+        rec(102.0, 103.0, CANCELLED, output_tokens=2),
+    ]
+
+
+def test_phase_stats_counts_per_phase():
+    ps = phase_stats(dataset(), T_F)
+    assert set(ps) == {"before", "spanning", "after", "all", "seed_before", "seed_after"}
+    b, s, a, al = ps["before"], ps["spanning"], ps["after"], ps["all"]
+    assert (b["count"], b["success"], b["failed"], b["cancelled"]) == (3, 2, 1, 0)
+    assert (s["count"], s["success"], s["failed"], s["cancelled"]) == (2, 1, 1, 0)
+    assert (a["count"], a["success"], a["failed"], a["cancelled"]) == (3, 1, 1, 1)
+    assert (al["count"], al["success"], al["failed"], al["cancelled"]) == (8, 4, 3, 1)
+    assert b["outcomes"] == {o: (2 if o == OK else 1 if o == REJECTED else 0) for o in OUTCOMES}
+    assert a["outcomes"][CANCELLED] == 1 and a["outcomes"][CONNECTION_ERROR] == 1
+    assert b["success_ratio"] == pytest.approx(2 / 3)
+    assert a["success_ratio"] == 0.5  # cancelled is neither success nor failure
+
+
+def test_phase_stats_latency_ttft_itl_tokens():
+    b = phase_stats(dataset(), T_F)["before"]
+    # latencies of the 2 successes: 5.0 (end - start) and 5.5 (the user's latency_s wins)
+    assert b["latency_mean_s"] == 5.25
+    assert b["latency_p50_s"] == 5.25
+    assert b["latency_p90_s"] == pytest.approx(5.45)
+    assert b["latency_p99_s"] == pytest.approx(5.495)
+    assert b["ttft_p50_s"] == 1.0
+    assert b["ttft_p90_s"] == pytest.approx(1.4)
+    assert b["ttft_p99_s"] == pytest.approx(1.49)
+    assert b["itl_mean_s"] == pytest.approx(0.02)
+    assert b["itl_p50_s"] == pytest.approx(0.02)
+    assert b["itl_p99_s"] == pytest.approx(0.0298)
+    assert b["itl_max_s"] == 0.05
+    assert b["output_tokens"] == 30
+    assert b["span_s"] == 10.0  # 90 → 100
+    assert b["tokens_per_s"] == 3.0
+    assert (b["first_start_wall"], b["last_end_wall"]) == (90.0, 100.0)
+    a = phase_stats(dataset(), T_F)["after"]
+    assert a["output_tokens"] == 32  # tokens clients received, incl. the cancelled request
+    assert a["span_s"] == 4.0 and a["tokens_per_s"] == 8.0
+    assert a["itl_max_s"] == 0.5
+
+
+def test_cut_streams_are_failed_streams_that_delivered_tokens():
+    records = [
+        rec(101.0, 102.0, TRUNCATED, output_tokens=5),
+        rec(101.0, 102.0, TRUNCATED, output_tokens=0, first_token_wall=101.5),
+        rec(101.0, 102.0, REJECTED, output_tokens=0),  # refused, not cut
+        rec(101.0, 102.0, CONNECTION_ERROR, stream=False, output_tokens=5),  # not a stream
+        rec(101.0, 102.0, CANCELLED, output_tokens=5),  # on purpose
+    ]
+    assert stats(records)["cut_streams"] == 2
+
+
+def test_seed_split_puts_spanning_in_after():
+    ps = phase_stats(dataset(), T_F)
+    sb, sa = ps["seed_before"], ps["seed_after"]
+    assert (sb["success"], sb["failed"]) == (2, 1)
+    assert (sa["success"], sa["failed"], sa["cancelled"]) == (2, 2, 1)
+    # seed "Latency After": mean over successes ending after T_f: 5.0 (spanning) and 2.0
+    assert sa["latency_mean_s"] == 3.5
+
+
+def test_empty_phase_has_none_values_not_errors():
+    ps = phase_stats([rec(90.0, 95.0)], T_F)
+    a = ps["after"]
+    assert a["count"] == 0 and a["success"] == 0 and a["failed"] == 0
+    for key in ("success_ratio", "latency_mean_s", "latency_p99_s", "ttft_p50_s", "itl_mean_s", "itl_max_s",
+                "tokens_per_s", "span_s", "first_start_wall"):
+        assert a[key] is None, key
+    json.dumps(ps, allow_nan=False)
+
+
+def test_without_fault_everything_is_before():
+    ps = phase_stats(dataset(), None)
+    assert ps["before"]["count"] == 8 and ps["seed_before"]["count"] == 8
+    assert ps["spanning"]["count"] == ps["after"]["count"] == ps["seed_after"]["count"] == 0
+
+
+def test_zero_span_gives_no_throughput():
+    assert stats([rec(5.0, 5.0, output_tokens=3)])["tokens_per_s"] is None
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+
+def test_recovery_without_fault_is_all_none():
+    r = recovery(dataset(), None)
+    assert r["fault_time"] is None
+    assert recovery(dataset(), T_F)["fault_time"] == T_F
+    assert r["time_to_first_success_s"] is None
+    assert r["disruption_window_s"] is None
+    assert r["time_to_steady_state_s"] is None
+
+
+def test_time_to_first_success_counts_only_requests_started_after_fault():
+    records = [
+        rec(99.0, 100.5),  # spanning success: not a sign of recovery
+        rec(100.0, 103.0),
+        rec(101.0, 102.5),  # started later but ended first
+        rec(100.0, 101.0, CONNECTION_ERROR),
+    ]
+    r = recovery(records, T_F)
+    assert r["time_to_first_success_s"] == 2.5
+    assert r["disruption_window_s"] == 1.0
+    assert r["failed_after_fault"] == 1
+
+
+def test_no_success_after_fault_means_no_first_success():
+    r = recovery([rec(99.0, 100.5), rec(101.0, 102.0, REJECTED)], T_F)
+    assert r["time_to_first_success_s"] is None
+    assert r["disruption_window_s"] == 2.0
+
+
+def test_disruption_window_ignores_failures_ending_at_or_before_fault_and_cancels():
+    records = [
+        rec(95.0, 100.0, REJECTED),  # ended exactly at T_f: before
+        rec(99.0, 107.0, CANCELLED),
+        rec(100.0, 101.0),
+    ]
+    r = recovery(records, T_F)
+    assert r["disruption_window_s"] == 0.0
+    assert r["failed_after_fault"] == 0
+
+
+def test_spanning_failure_counts_in_disruption_window():
+    r = recovery([rec(98.0, 100.25, TRUNCATED), rec(100.0, 100.5)], T_F)
+    assert r["disruption_window_s"] == 0.25
+
+
+def _before_ok(n=4):
+    return [rec(90.0 + i, 91.0 + i) for i in range(n)]
+
+
+def test_steady_state_after_failures_leave_the_window():
+    # W = 2, baseline 1.0 → threshold 0.95; windows (u-2, u] at each end / end+2 <= last end:
+    # 100.5 [F] 0 · 101 [FF] 0 · 101.5 [FFS] · 102 [FFSS] · 102.5 [F SSS] 0.75 · 103 [SSSS] ok …
+    post = [rec(99.0, 100.5, TRUNCATED), rec(100.0, 101.0, REJECTED)]
+    post += [rec(101.0, e) for e in (101.5, 102.0, 102.5, 103.0, 103.5, 104.0)]
+    r = recovery(_before_ok() + post, T_F, window_s=2.0, tolerance=0.05)
+    assert r["baseline_success_ratio"] == 1.0
+    assert r["steady_state_threshold"] == pytest.approx(0.95)
+    assert r["time_to_steady_state_s"] == 3.0
+    assert r["time_to_first_success_s"] == 1.5
+    assert r["disruption_window_s"] == 1.0
+
+
+def test_steady_state_without_disruption_is_the_first_completion_after_fault():
+    post = [rec(99.0, 100.25), rec(100.0, 101.0), rec(100.5, 102.0)]
+    r = recovery(_before_ok() + post, T_F, window_s=1.0)
+    assert r["time_to_steady_state_s"] == 0.25
+
+
+def test_never_steady_when_the_last_window_is_below_threshold():
+    post = [rec(100.0, 101.0), rec(100.0, 102.0), rec(100.0, 103.0, CONNECTION_ERROR)]
+    r = recovery(_before_ok() + post, T_F, window_s=5.0)
+    assert r["time_to_steady_state_s"] is None
+
+
+def test_steady_state_needs_a_request_after_fault():
+    r = recovery(_before_ok(), T_F)
+    assert r["time_to_steady_state_s"] is None
+    assert r["time_to_first_success_s"] is None
+    assert r["disruption_window_s"] == 0.0
+
+
+def test_steady_state_without_before_phase_uses_full_success_as_baseline():
+    post = [rec(100.0, 100.5, REJECTED)] + [rec(100.0, 100.5 + 0.5 * i) for i in range(1, 7)]
+    r = recovery(post, T_F, window_s=1.0, tolerance=0.1)
+    assert r["baseline_success_ratio"] is None
+    assert r["steady_state_threshold"] == pytest.approx(0.9)
+    # (u-1, u]: 100.5 [F] · 101 [F S] · 101.5 [S S] → steady at 101.5
+    assert r["time_to_steady_state_s"] == 1.5
+
+
+def test_steady_state_threshold_follows_a_degraded_baseline():
+    before = [rec(90.0, 91.0), rec(91.0, 92.0, REJECTED)]  # baseline 0.5 → threshold 0.45
+    post = [rec(100.0, 100.5, REJECTED), rec(100.0, 101.0), rec(100.0, 101.5)]
+    r = recovery(before + post, T_F, window_s=1.0, tolerance=0.05)
+    assert r["baseline_success_ratio"] == 0.5
+    # 100.5 [F] 0 · 101 [F S] 0.5 ≥ 0.45 → steady at 101
+    assert r["time_to_steady_state_s"] == 1.0
+
+
+def test_steady_state_sees_a_window_emptied_of_successes():
+    # Threshold 0.5 (tolerance 0.5). W = 1. S@100.25, F@100.5, then nothing until S@101.75.
+    # At 101.25 the success has left the window and only the failure remains (ratio 0):
+    # evaluating at window exits as well as at ends, steady state is 101.75, not 100.25.
+    post = [rec(100.0, 100.25), rec(100.0, 100.5, REJECTED), rec(100.0, 101.75)]
+    r = recovery(_before_ok() + post, T_F, window_s=1.0, tolerance=0.5)
+    assert r["time_to_steady_state_s"] == 1.75
+
+
+def test_recovery_ignores_cancelled_requests_for_steady_state():
+    post = [rec(100.0, 100.5, CANCELLED), rec(100.0, 101.0)]
+    r = recovery(_before_ok() + post, T_F, window_s=1.0)
+    assert r["time_to_steady_state_s"] == 1.0
+
+
+def test_recovery_rejects_bad_window():
+    with pytest.raises(ValueError):
+        recovery([], T_F, window_s=0)
+
+
+def test_recovery_is_json_safe():
+    json.dumps(recovery(dataset(), T_F), allow_nan=False)
+
+
+# --- several faults -------------------------------------------------------------------------
+
+
+def test_per_fault_splits_between_consecutive_faults():
+    f1 = FaultEvent("kill-1", "process", "worker-1", 100.0)
+    f2 = FaultEvent("kill-2", "process", "worker-2", 200.0)
+    records = [
+        rec(90.0, 95.0),  # before f1
+        rec(99.0, 101.0),  # spanning f1
+        rec(150.0, 160.0),  # after f1, before f2
+        rec(199.0, 201.0, TRUNCATED),  # spanning f2 only
+        rec(205.0, 206.0),  # after f2
+    ]
+    out = per_fault(records, [f2, f1])
+    assert [o["fault"]["name"] for o in out] == ["kill-1", "kill-2"]
+    p1, p2 = out[0]["phases"], out[1]["phases"]
+    assert (p1["before"]["count"], p1["spanning"]["count"], p1["after"]["count"]) == (1, 1, 1)
+    # fault 2 sees what ended after fault 1: the request spanning fault 1 is "before" fault 2
+    assert (p2["before"]["count"], p2["spanning"]["count"], p2["after"]["count"]) == (2, 1, 1)
+    assert p2["before"]["first_start_wall"] == 99.0
+    assert out[0]["recovery"]["disruption_window_s"] == 0.0
+    assert out[1]["recovery"]["disruption_window_s"] == 1.0
+    assert out[1]["recovery"]["time_to_first_success_s"] == 6.0
+
+
+def test_stats_never_produce_nan():
+    ps = phase_stats([rec(1.0, 1.0, CANCELLED)], 1.0)
+    for group in ps.values():
+        for v in group.values():
+            assert not (isinstance(v, float) and math.isnan(v))
