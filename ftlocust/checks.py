@@ -471,17 +471,24 @@ def _metric_increased(p: dict, result: RunResult) -> tuple[bool, str]:
 )
 def _log_pattern(p: dict, result: RunResult) -> tuple[bool, str]:
     role = p["role"]
-    path = result.log_paths.get(role)
-    if path is None:
+    # A glob role ("worker-*") reads every matching role's log: which worker served (or was
+    # faulted) is only known at run time.
+    roles = sorted(r for r in result.log_paths if fnmatch.fnmatchcase(r, role)) if _is_glob(role) else [role]
+    paths = [result.log_paths[r] for r in roles if r in result.log_paths]
+    if not paths:
         return False, f"no log for role '{role}' (have: {', '.join(sorted(result.log_paths)) or 'none'})"
-    files = log_files(path)
+    files = [f for path in paths for f in log_files(path)]
     if not files:
-        return False, f"log of '{role}' not found: {path}"
+        return False, f"log of '{role}' not found: {', '.join(paths)}"
     hits = [line for f in files for line in scan_log(f, p["pattern"], p["ignore"], p["regex"])]
     first = (hits[0][:200] + ("…" if len(hits[0]) > 200 else "")) if hits else ""
     if p["present"]:
         return (True, f"{len(hits)} line(s), first: {first}") if hits else (False, f"not found in {', '.join(files)}")
     return (False, f"{len(hits)} line(s), first: {first}") if hits else (True, "not found, as expected")
+
+
+def _is_glob(role: str) -> bool:
+    return any(c in role for c in "*?[")
 
 
 @register_check(
@@ -564,10 +571,19 @@ def _no_failures(p: dict, result: RunResult) -> tuple[bool, str]:
 
 @register_check(
     "min_failures",
-    [Field("n", "int", required=True, min=1), Field("phase", "str", default=ALL, choices=STAT_GROUPS)],
-    label=lambda p: f"min_failures[{p['phase']}] >= {p['n']}",
+    [
+        Field("n", "int", required=True, min=1),
+        Field("phase", "str", default=ALL, choices=STAT_GROUPS),
+        # Count only this outcome: a drill demonstrating a failure mode names the mode it expects.
+        Field("outcome", "str", default=None, choices=FAILURE_OUTCOMES),
+    ],
+    label=lambda p: f"min_failures[{p['phase']}] >= {p['n']}" + (f" {p['outcome']}" if p["outcome"] else ""),
 )
 def _min_failures(p: dict, result: RunResult) -> tuple[bool, str]:
     s = _phase(result, p["phase"])
+    if p["outcome"]:
+        n = s["outcomes"].get(p["outcome"], 0)
+        detail = f"{n} {p['outcome']} (need >= {p['n']}); all failed: {_failure_breakdown(s)}"
+        return n >= p["n"], detail
     detail = f"{s['failed']} failed (need >= {p['n']}): {_failure_breakdown(s)}"
     return s["failed"] >= p["n"], detail

@@ -73,6 +73,7 @@ class Drill:
         self._fired: set[int] = set()
         self._greenlets: list[gevent.Greenlet] = []
         self._finished = False
+        self.late_records = 0
         self.ctx = FaultContext(artifacts_dir=options.artifacts_dir, dry_run=options.dry_run,
                                 resolve_serving=self._resolve_serving)
 
@@ -167,6 +168,9 @@ class Drill:
                 self._greenlets.append(gevent.spawn_later(seconds, self._fire, i))
 
     def on_record(self, record: RequestRecord) -> None:
+        if self._finished:  # the run is over: what finishes now (killed users) is not part of it
+            self.late_records += 1
+            return
         self.records.append(record)
         self.finished_count += 1
         if self.request_log is not None:
@@ -258,6 +262,8 @@ class Drill:
         if self._finished:
             return self.exit_code if self.exit_code is not None else 1
         self._finished = True
+        if self.request_log is not None:  # the log and the summary count the same requests
+            self.request_log.close()
         for g in self._greenlets:
             g.kill(block=False)
         for fault in self.faults:
@@ -277,8 +283,8 @@ class Drill:
             self.exit_code = 1
         finally:
             self.stop_target()
-            if self.request_log is not None:
-                self.request_log.close()
+            if self.late_records:
+                log.info("%d request(s) finished after the run ended; not counted", self.late_records)
         return self.exit_code
 
     def stop_target(self) -> None:

@@ -21,11 +21,12 @@ import sys
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
+from ftlocust import options as _load_options  # noqa: F401  load flags registered before ours (defaults, validation)
 from ftlocust import phases
 from ftlocust.drill import Drill, DrillOptions
 from ftlocust.errors import ConfigError
 from ftlocust.records import RequestRecord
-from ftlocust.scenario import Scenario, TargetSpec, load_scenario
+from ftlocust.scenario import LOAD_KEYS, Scenario, TargetSpec, load_scenario
 
 log = logging.getLogger("ftlocust")
 
@@ -82,6 +83,32 @@ def _scenario(opts) -> Scenario:
     return Scenario(name="none", target=TargetSpec(kind="reference"))
 
 
+def _apply_scenario_load(opts, scenario: Scenario, parser_defaults: dict) -> None:
+    """The scenario's `load:` values replace the load flags' defaults; an explicit flag wins."""
+    for key, value in scenario.load.items():
+        attr = LOAD_KEYS[key]
+        if getattr(opts, attr, None) == parser_defaults.get(attr):
+            setattr(opts, attr, value)
+    if scenario.load:
+        from ftlocust.options import LoadOptions
+
+        try:
+            LoadOptions.from_parsed(opts)
+        except ConfigError as e:
+            raise ConfigError(f"{scenario.source}: load: {e}") from None
+
+
+_parser_defaults: dict = {}
+
+
+@events.init_command_line_parser.add_listener
+def _remember_defaults(parser) -> None:
+    # Runs after every flag is registered (listeners run in import order; hooks is imported
+    # after ftlocust.options by the locustfiles), so the defaults of the load flags are known.
+    _parser_defaults.clear()
+    _parser_defaults.update({a.dest: a.default for a in parser._actions})
+
+
 def _check_numbers(opts) -> None:
     for flag in ("ft_fault_after_requests", "ft_target_workers"):
         value = getattr(opts, flag)
@@ -131,6 +158,7 @@ def _on_init(environment, **_kw) -> None:
         return
     if isinstance(runner, WorkerRunner):
         scenario = _scenario(opts)  # the master validated it; workers only read the probe settings
+        _apply_scenario_load(opts, scenario, _parser_defaults)
         phases.TIMELINE.expecting_faults = bool(scenario.faults)
         runner.register_message("ft_fault", lambda environment, msg, **kw: phases.TIMELINE.record_fault(
             phases.FaultEvent(**msg.data)))
@@ -138,6 +166,7 @@ def _on_init(environment, **_kw) -> None:
     try:
         _check_numbers(opts)
         scenario = _scenario(opts)
+        _apply_scenario_load(opts, scenario, _parser_defaults)
         if opts.ft_target:
             scenario.target.kind = opts.ft_target
         options = _drill_options(environment, opts)
@@ -193,7 +222,9 @@ def _on_test_start(environment, **_kw) -> None:
 def _on_quitting(environment, **_kw) -> None:
     if drill is None or isinstance(environment.runner, WorkerRunner):
         return
-    environment.process_exit_code = drill.finish()
+    code = drill.finish()
+    if not environment.process_exit_code:  # keep a bad-input exit (2) set earlier by the users
+        environment.process_exit_code = code
 
 
 @events.quit.add_listener

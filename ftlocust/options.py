@@ -198,10 +198,12 @@ def add_arguments(parser) -> None:
     g.add_argument("--ft-request-timeout", env_var="FTLOCUST_REQUEST_TIMEOUT", default=DEFAULT_REQUEST_TIMEOUT_S,
                    metavar="S",
                    type=_argparse_type(lambda v: parse_positive("--ft-request-timeout", v, "seconds")),
-                   help=f"End-to-end limit per request in seconds, enforced on the socket (default {DEFAULT_REQUEST_TIMEOUT_S:g})")
+                   help="End-to-end limit per request in seconds, enforced on the socket "
+                        f"(default {DEFAULT_REQUEST_TIMEOUT_S:g})")
     g.add_argument("--ft-verify-tokens", env_var="FTLOCUST_VERIFY_TOKENS", default="auto", metavar="auto|on|off",
                    type=_argparse_type(parse_verify),
-                   help="Check token continuity (reference deployment only; auto: when the model id starts with ftlocust-ref)")
+                   help="Check token continuity (reference deployment only; "
+                        "auto: when the model id starts with ftlocust-ref)")
     g.add_argument("--ft-no-ttft-rows", env_var="FTLOCUST_NO_TTFT_ROWS", action="store_true", default=False,
                    help="Do not add a 'TTFT' row per request to Locust's statistics")
     for action in g._group_actions:

@@ -15,6 +15,16 @@ import yaml
 from ftlocust.errors import ConfigError
 
 TARGET_KINDS = ("reference", "dynamo", "external")
+# Scenario `load:` keys → the load flag whose default they replace (a flag given explicitly wins).
+LOAD_KEYS = {
+    "endpoint": "ft_endpoint",
+    "input_tokens": "ft_input_tokens",
+    "output_tokens": "ft_output_tokens",
+    "rate": "ft_rate",
+    "requests_per_client": "ft_requests_per_client",
+    "cancel": "ft_cancel",
+    "request_timeout": "ft_request_timeout",
+}
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Scenario:
     checks: list[Any] = field(default_factory=list)
     stop: StopSpec = field(default_factory=StopSpec)
     probe: dict[str, Any] = field(default_factory=dict)  # the long in-flight request, if any
+    load: dict[str, Any] = field(default_factory=dict)  # defaults for the load flags (LOAD_KEYS)
     source: str = ""
 
 
@@ -100,7 +111,7 @@ def trigger_from_dict(data: dict, where: str) -> TriggerSpec:
 
 
 def scenario_from_dict(data: dict, source: str = "<scenario>") -> Scenario:
-    _take(data, source, {"name", "target", "faults", "checks", "stop", "probe"})
+    _take(data, source, {"name", "target", "faults", "checks", "stop", "probe", "load"})
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise ConfigError(f"{source}: name: expected a non-empty string")
     target_data = data.get("target") or {}
@@ -144,7 +155,10 @@ def scenario_from_dict(data: dict, source: str = "<scenario>") -> Scenario:
         raise ConfigError(f"{source}: checks: expected a list")
     probe = data.get("probe") or {}
     _take(probe, f"{source}: probe", {"max_tokens", "endpoint", "start_after_s"})
-    return Scenario(name=data["name"], target=target, faults=faults, checks=checks, stop=stop, probe=probe, source=source)
+    load = data.get("load") or {}
+    _take(load, f"{source}: load", set(LOAD_KEYS))
+    return Scenario(name=data["name"], target=target, faults=faults, checks=checks, stop=stop, probe=probe,
+                    load=load, source=source)
 
 
 def load_scenario(path: str) -> Scenario:

@@ -36,6 +36,7 @@ TLS failure, not an OpenAI server, no or unknown model, a 4xx for our payload) i
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -55,7 +56,7 @@ from locust.exception import StopUser
 from locust.runners import STATE_SPAWNING, MasterRunner, WorkerRunner
 
 from ftlocust import cancel as cancel_mod
-from ftlocust.cancel import TRACKER, InFlight
+from ftlocust.cancel import TRACKER, CancelPolicy, InFlight
 from ftlocust.errors import ConfigError
 from ftlocust.options import LoadOptions
 from ftlocust.records import (
@@ -71,6 +72,10 @@ from ftlocust.records import (
 )
 
 log = logging.getLogger("ftlocust.users")
+
+# Load shedding: 503 (Service Unavailable, also "not ready") and Dynamo's 529 (Overloaded, seen
+# with --active-decode-blocks-threshold on Dynamo 1.6.1).
+REJECTION_STATUSES = (503, 529)
 
 
 # --- request kinds and payloads ---------------------------------------------------------------
@@ -122,9 +127,15 @@ def build_prompt(n_tokens: int, seed: int) -> str:
     """About `n_tokens` tokens: the request's seed (so prefix caches cannot skip the prefill of a
     whole prompt) and then n-1 common words, each one token in usual BPE vocabularies. Word
     counts are an approximation of token counts; the server's `usage.prompt_tokens` is exact."""
+    if n_tokens <= 1:
+        return str(seed)
+    return f"{seed} {_prompt_words(n_tokens - 1, seed % len(_WORDS))}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _prompt_words(count: int, start: int) -> str:
     n = len(_WORDS)
-    start = seed % n
-    return " ".join([str(seed)] + [_WORDS[(start + i * 37) % n] for i in range(n_tokens - 1)])
+    return " ".join(_WORDS[(start + i * 37) % n] for i in range(count))
 
 
 def build_payload(kind: RequestKind, model: str, prompt: str, max_tokens: int, seed: int,
@@ -504,6 +515,7 @@ class LLMUser(FastHttpUser):
     kind: str | None = None  # a fixed request kind; None: --ft-endpoint
     load_options: LoadOptions | None = None  # set to bypass the flags (tests, programmatic runs)
     extra_body: dict | None = None  # merged into every payload (e.g. test-server knobs)
+    cancel: str | None = None  # a cancel policy for this class ("after-chunks:5"); None: --ft-cancel
 
     _user_numbers = itertools.count()
 
@@ -524,6 +536,11 @@ class LLMUser(FastHttpUser):
             self.locust_worker = "local"
         self.user_number = next(self._user_numbers)
         self.client_id = f"{self.locust_worker}/{self.user_number}"
+        self._class_cancel: CancelPolicy | None = None
+        try:
+            self._class_cancel = CancelPolicy.parse(self.cancel) if self.cancel else None
+        except ConfigError as e:
+            self._fatal = f"{type(self).__name__}.cancel: {e}"
         self.model = self.options.model or ""
         self.verify_tokens = False
         self.seq = 0
@@ -580,7 +597,8 @@ class LLMUser(FastHttpUser):
         record = RequestRecord(kind=kind, endpoint=spec.path, stream=spec.stream, model=self.model,
                                client_id=self.client_id, locust_worker=self.locust_worker, seq=self.seq,
                                seed=seed, expected_tokens=max_tokens)
-        policy = opts.cancel if opts.cancel.applies(seed, spec.stream) else None
+        cancel = self._class_cancel or opts.cancel
+        policy = cancel if cancel.applies(seed, spec.stream) else None
         seen = _Read(keep_texts=self.verify_tokens)
         inflight = InFlight()
         resp = None
@@ -675,12 +693,13 @@ class LLMUser(FastHttpUser):
                   resp: Any) -> None:
         # What the server said before we ended a request ourselves wins: a 503 or an error event
         # seen before the cancel/timeout is the result, not the cancel.
-        if status == 503:
-            record.outcome, record.error = REJECTED, f"HTTP 503: {seen.text or ''}".rstrip(": ")
+        if status in REJECTION_STATUSES:
+            record.outcome, record.error = REJECTED, f"HTTP {status}: {seen.text or ''}".rstrip(": ")
         elif status and status != 200:
             record.outcome, record.error = HTTP_ERROR, f"HTTP {status}: {seen.text or ''}".rstrip(": ")
         elif seen.error_obj is not None:
-            record.outcome, record.error = STREAM_ERROR_EVENT, f"error object in a 200 body: {_describe_error(seen.error_obj)}"
+            record.outcome = STREAM_ERROR_EVENT
+            record.error = f"error object in a 200 body: {_describe_error(seen.error_obj)}"
         elif inflight.reason == CANCELLED:
             record.outcome, record.cancel_policy = CANCELLED, policy.spec if policy else None
             record.error = None
@@ -729,7 +748,9 @@ class LLMUser(FastHttpUser):
                 record.itl_p50_s = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
                 record.itl_max_s = gaps[-1]
         if record.outcome == OK and record.expected_tokens:
-            produced = record.usage_completion_tokens if record.usage_completion_tokens is not None else record.output_tokens
+            produced = record.usage_completion_tokens
+            if produced is None:
+                produced = record.output_tokens
             if produced < record.expected_tokens:
                 record.outcome = TRUNCATED
                 record.error = f"{produced} of {record.expected_tokens} tokens (ignore_eos was sent)"
@@ -748,10 +769,12 @@ class LLMUser(FastHttpUser):
         phase = timeline.phase_of(record.start_wall, record.end_wall) if timeline is not None else None
         record.phase = phase
         name = f"{record.kind} [{phase}]" if phase else record.kind
-        exception = None if record.outcome in (OK, CANCELLED) else LLMRequestFailure(f"{record.outcome}: {record.error}")
+        failed = record.outcome not in (OK, CANCELLED)
+        exception = LLMRequestFailure(f"{record.outcome}: {record.error}") if failed else None
         meta = getattr(resp, "request_meta", None) if resp is not None else None
         if meta is None:
-            meta = {"request_type": "POST", "start_time": record.start_wall, "url": self.client._build_url(record.endpoint),
+            meta = {"request_type": "POST", "start_time": record.start_wall,
+                    "url": self.client._build_url(record.endpoint),
                     "response": None, "context": {"ft_record": record}}
         meta["context"]["ft_record"] = record
         meta.update(name=name, response_time=record.latency_s * 1000.0, response_length=record.output_tokens,

@@ -3,7 +3,6 @@ within milliseconds, the record says `cancelled` (a Locust success), and nothing
 
 from __future__ import annotations
 
-import tests.support.unpatched_locust  # noqa: F401, I001  (first: before locust is imported)
 import time
 import uuid
 

@@ -27,10 +27,13 @@ def _run(args, artifacts, timeout=240):
 
 
 def _pids(artifacts):
-    folder = os.path.join(artifacts, "deployment", "pids")
-    if not os.path.isdir(folder):
+    """Every process the deployment started, from its ground-truth event log."""
+    path = os.path.join(artifacts, "deployment", "events.jsonl")
+    if not os.path.isfile(path):
         return {}
-    return {name: int(open(os.path.join(folder, name)).read().strip()) for name in os.listdir(folder)}
+    with open(path) as f:
+        events = [json.loads(line) for line in f if line.strip()]
+    return {f"{e['role']}:{e['pid']}": e["pid"] for e in events if e["event"] == "process_started"}
 
 
 def _alive(pid):
@@ -64,7 +67,7 @@ def test_main_drill_passes_with_migration(tmp_path):
     assert summary["startup_s"] > 0
     records = read_records(str(art / "requests.jsonl"))
     assert len(records) == summary["phases"]["all"]["count"]
-    probe = [r for r in records if r.extra.get("probe")]
+    probe = [r for r in records if r.client_id.endswith("/probe")]
     assert len(probe) == 1 and probe[0].outcome == "ok" and probe[0].output_tokens == probe[0].expected_tokens
     assert probe[0].token_check == "ok"
     for name in ("results.txt", "test.log", "services/frontend/frontend.log",

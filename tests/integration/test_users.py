@@ -6,7 +6,6 @@ whole runs go through `python -m locust -f locustfiles/load.py --headless` as a 
 
 from __future__ import annotations
 
-import tests.support.unpatched_locust  # noqa: F401, I001  (first: before locust is imported)
 import json
 import os
 import socket

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tests.support.unpatched_locust  # noqa: F401, I001  (first: before locust is imported)
 import argparse
 
 import pytest

@@ -59,3 +59,10 @@ def test_missing_and_invalid_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML at line"):
         load_scenario(str(bad))
+
+
+def test_load_section_keys_are_validated():
+    s = scenario_from_dict({"name": "x", "load": {"endpoint": "chat", "requests_per_client": 5}})
+    assert s.load == {"endpoint": "chat", "requests_per_client": 5}
+    with pytest.raises(ConfigError, match="load: unknown field 'users'"):
+        scenario_from_dict({"name": "x", "load": {"users": 5}}, source="s.yaml")
