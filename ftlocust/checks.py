@@ -305,7 +305,7 @@ def build_check(spec: Mapping | str, where: str = "check") -> Check:
 
 def _validate_extra(kind: str, params: dict, here: str) -> None:
     """Checks across fields: metric names against the catalog, regexes compile."""
-    if kind == "metric_increased" and not params.get("allow_unknown_metric"):
+    if kind in ("metric_increased", "cancellations_counted") and not params.get("allow_unknown_metric"):
         metric = params["name"]
         if not is_known_metric(metric):
             hint = _did_you_mean(metric, KNOWN_METRICS)
@@ -587,3 +587,34 @@ def _min_failures(p: dict, result: RunResult) -> tuple[bool, str]:
         return n >= p["n"], detail
     detail = f"{s['failed']} failed (need >= {p['n']}): {_failure_breakdown(s)}"
     return s["failed"] >= p["n"], detail
+
+
+@register_check(
+    "cancellations_counted",
+    [
+        Field("roles", "str", required=True),  # a role or a glob, e.g. "worker-*"
+        Field("name", "str", required=True),
+        Field("labels", "labels", default=None),
+        Field("request_type", "str", default=None, choices=("stream", "unary")),
+        Field("allow_unknown_metric", "bool", default=False),
+    ],
+    label=lambda p: f"cancellations_counted[{p['roles']}] {p['name']}{_labels_text(p['labels'])}",
+)
+def _cancellations_counted(p: dict, result: RunResult) -> tuple[bool, str]:
+    """Every request the clients cancelled is counted by the server, exactly once: the metric's
+    increase, summed over the matching roles, equals the number of `cancelled` records (of the
+    given request_type: stream or unary)."""
+    roles = sorted(r for r in result.metrics_after if fnmatch.fnmatchcase(r, p["roles"]))
+    if not roles:
+        return False, f"no /metrics snapshot for roles '{p['roles']}' (have: {', '.join(sorted(result.metrics_after)) or 'none'})"
+    labels = p["labels"] or {}
+    change = 0.0
+    for role in roles:
+        after, before = result.metrics_after[role], result.metrics_before.get(role)
+        if after.error or (before is not None and before.error):
+            return False, f"/metrics of '{role}' failed: {after.error or before.error}"
+        change += after.value(p["name"], **labels) - (before.value(p["name"], **labels) if before else 0.0)
+    wanted = {"stream": True, "unary": False}.get(p["request_type"] or "")
+    cancelled = sum(1 for r in result.records if r.outcome == CANCELLED and (wanted is None or r.stream == wanted))
+    ok = abs(change - cancelled) < 0.5 and cancelled > 0
+    return ok, f"clients cancelled {cancelled}, server counted {_fmt(change)} ({', '.join(roles)})"

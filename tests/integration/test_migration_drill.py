@@ -134,3 +134,43 @@ def test_bad_input_is_one_line_before_any_load(tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "requests.jsonl").exists() or not read_records(str(tmp_path / "run" / "requests.jsonl"))
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_master_and_two_workers_fire_once(tmp_path):
+    """Locust's distributed mode: the master owns the trigger and the verdicts; the fault fires
+    exactly once; every worker's requests reach the master's request log."""
+    art = tmp_path / "run"
+    port = _free_port()
+    master = subprocess.Popen(
+        LOCUST + ["--master", "--expect-workers", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port",
+                  str(port), "--ft-artifacts", str(art)] + SMALL,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers = [subprocess.Popen([sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfiles", "migration.py"),
+                                 "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(2)]
+    try:
+        out, _ = master.communicate(timeout=240)
+        for w in workers:
+            assert w.wait(timeout=60) == 0
+    finally:
+        for p in [master, *workers]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert master.returncode == 0, out[-3000:]
+    summary = json.loads((art / "summary.json").read_text())
+    assert summary["passed"] and len(summary["faults"]) == 1
+    assert out.count("injected SIGKILL") == 1
+    records = read_records(str(art / "requests.jsonl"))
+    assert len({r.locust_worker for r in records}) == 2
+    assert len(records) == 10 * 12 + 1  # every load user's budget + the probe
+    _assert_torn_down(art)

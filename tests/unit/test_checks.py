@@ -359,3 +359,30 @@ def test_run_result_from_records():
     assert r.phases["spanning"]["count"] == 2 and r.recovery["time_to_first_success_s"] == 1.5
     assert r.log_paths == {"fe": "x"} and r.expected_tokens == 10
     assert Verdict("a", True, "b").to_dict() == {"name": "a", "passed": True, "detail": "b"}
+
+
+def test_cancellations_counted_compares_client_cancels_with_server_counters():
+    from ftlocust.checks import RunResult, build_checks, evaluate
+    from ftlocust.evidence import MetricsSnapshot
+    from ftlocust.records import CANCELLED, OK, RequestRecord
+
+    def snap(n):
+        return MetricsSnapshot(f'# TYPE dynamo_component_cancellation_total counter\n'
+                               f'dynamo_component_cancellation_total{{dynamo_endpoint="generate"}} {n}\n')
+
+    records = [RequestRecord(kind="chat-stream", endpoint="/v1/chat/completions", stream=True, outcome=CANCELLED)
+               for _ in range(3)] + [RequestRecord(kind="chat", endpoint="/v1/chat/completions", stream=False, outcome=OK)]
+    (check,) = build_checks([{"check": "cancellations_counted", "roles": "worker-*",
+                              "name": "dynamo_component_cancellation_total"}])
+
+    def verdict(after):
+        result = RunResult(records=records, fault_time=None, faults=[], phases={}, recovery={},
+                           metrics_before={"worker-1": snap(0), "worker-2": snap(0)},
+                           metrics_after={"worker-1": snap(after[0]), "worker-2": snap(after[1])},
+                           log_paths={}, expected_tokens=None)
+        return evaluate([check], result)[0]
+
+    assert verdict((1, 2)).passed
+    assert "clients cancelled 3, server counted 3" in verdict((1, 2)).detail
+    assert not verdict((1, 1)).passed  # one cancel the server never saw
+    assert not verdict((2, 2)).passed  # counted twice
