@@ -21,14 +21,7 @@ from ftlocust.evidence import MetricsSnapshot
 from ftlocust.phases import FaultEvent
 from ftlocust.records import CANCELLED, CONNECTION_ERROR, OK, REJECTED, STREAM_ERROR_EVENT, TRUNCATED, RequestRecord
 
-T_F = 100.0
-
-
-def rec(start, end, outcome=OK, **kw):
-    kw.setdefault("kind", "chat-stream")
-    kw.setdefault("endpoint", "/v1/chat/completions")
-    kw.setdefault("stream", True)
-    return RequestRecord(start_wall=start, end_wall=end, outcome=outcome, **kw)
+from tests.support.factories import T_F, rec  # noqa: E402
 
 
 def result_of(records, fault=True, **rest):

@@ -28,14 +28,7 @@ from ftlocust.records import (
     RequestRecord,
 )
 
-T_F = 100.0
-
-
-def rec(start, end, outcome=OK, **kw):
-    kw.setdefault("kind", "chat-stream")
-    kw.setdefault("endpoint", "/v1/chat/completions")
-    kw.setdefault("stream", True)
-    return RequestRecord(start_wall=start, end_wall=end, outcome=outcome, **kw)
+from tests.support.factories import T_F, rec  # noqa: E402
 
 
 # --- classification -------------------------------------------------------------------------
