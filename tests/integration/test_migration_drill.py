@@ -174,3 +174,46 @@ def test_distributed_master_and_two_workers_fire_once(tmp_path):
     assert len({r.locust_worker for r in records}) == 2
     assert len(records) == 10 * 12 + 1  # every load user's budget + the probe
     _assert_torn_down(art)
+
+
+HANG_SCENARIO = """
+name: hang-worker
+target: {kind: reference, workers: 2, migration_limit: 3, options: {token_delay_s: 0.01}}
+faults:
+  - {name: hang-worker-1, kind: process-signal, target: worker-1, signal: SIGSTOP, trigger: {after_requests: 5}}
+checks:
+  - {check: success_ratio, phase: before, min: 0.9}
+"""
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_run_still_rolls_back_the_fault(tmp_path, stop_signal):
+    """Ctrl-C / SIGTERM while a worker is SIGSTOPped: the fault is recovered (SIGCONT) before the
+    teardown, the partial results are written, nothing is left running."""
+    scenario = tmp_path / "hang.yaml"
+    scenario.write_text(HANG_SCENARIO)
+    art = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfiles", "load.py"),
+                             "--headless", "--ft-scenario", str(scenario), "--ft-endpoint", "completion-stream",
+                             "--ft-artifacts", str(art)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = art / "test.log"
+        deadline = time.time() + 90
+        while time.time() < deadline and not (log.exists() and "in effect" in log.read_text()):
+            time.sleep(0.1)
+        assert log.exists() and "in effect" in log.read_text(), "the fault never fired"
+        time.sleep(1.0)
+        proc.send_signal(stop_signal)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    summary = json.loads((art / "summary.json").read_text())
+    (fault,) = summary["faults"]
+    assert fault["detail"]["signal"] == "SIGSTOP"
+    assert fault["recovered_at"] is not None and fault["recovered_at"] > fault["injected_at"]
+    assert "recovered hang-worker-1" in (art / "test.log").read_text()
+    assert summary["phases"]["all"]["count"] == len(read_records(str(art / "requests.jsonl")))
+    _assert_torn_down(art)
