@@ -82,9 +82,16 @@ class Drill:
         os.makedirs(self.options.artifacts_dir, exist_ok=True)
         self._apply_overrides()
         self.checks = checks_module.build_checks(self.scenario.checks, where=f"{self.scenario.source or self.scenario.name}: checks")
+        pids = self.scenario.target.pids  # external deployment: roles name processes by identity
+        for spec in self.scenario.faults:
+            if spec.target in pids:
+                spec.target = pids[spec.target]
         self.faults = [build_fault(spec) for spec in self.scenario.faults]
         self._validate_triggers()
         if self.options.dry_run:
+            if self.options.host is not None:  # processes named by identity: resolve and show them
+                for fault in self.faults:
+                    fault.preflight(self.ctx)
             return
         self.request_log = RequestLog(os.path.join(self.options.artifacts_dir, "requests.jsonl"))
         phases.TIMELINE.reset()
@@ -242,16 +249,24 @@ class Drill:
             gevent.sleep(poll)
 
     def _resolve_serving(self) -> str | None:
-        if self.deployment is None or self.probe_request_id is None:
+        if self.probe_request_id is None:
             return None
-        logs = {role: self.deployment.log_path(role) for role in self.deployment.worker_roles()}
+        if self.deployment is not None:
+            logs = {role: self.deployment.log_path(role) for role in self.deployment.worker_roles()}
+        else:
+            logs = {role: path for role, path in self.scenario.target.logs.items() if role in self.scenario.target.pids}
         return evidence.find_serving_role(logs, self.probe_request_id, timeout_s=5.0)
 
-    def _snapshot_metrics(self, label: str) -> dict[str, Any]:
-        if self.deployment is None:
-            return {}
+    def _metrics_urls(self) -> dict[str, str]:
+        if self.deployment is None:  # an external deployment: what the scenario names
+            return dict(self.scenario.target.metrics)
         roles = [self.deployment.frontend_role, *self.deployment.worker_roles()]
-        urls = {role: self.deployment.metrics_url(role) for role in roles if self.deployment.metrics_url(role)}
+        return {role: self.deployment.metrics_url(role) for role in roles if self.deployment.metrics_url(role)}
+
+    def _snapshot_metrics(self, label: str) -> dict[str, Any]:
+        urls = self._metrics_urls()
+        if not urls:
+            return {}
         snapshots = evidence.scrape_all(urls, timeout_s=2.0)
         evidence.save_metrics(snapshots, self.options.artifacts_dir, label)
         return snapshots
@@ -296,7 +311,7 @@ class Drill:
 
     def _log_paths(self) -> dict[str, str]:
         if self.deployment is None:
-            return {}
+            return dict(self.scenario.target.logs)
         return {role: self.deployment.log_path(role) for role in self.deployment.group.roles()}
 
     def _verdicts(self, log_paths: dict[str, str]) -> int:

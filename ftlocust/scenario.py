@@ -36,6 +36,10 @@ class TargetSpec:
     workers: int = 2
     migration_limit: int = 3
     options: dict[str, Any] = field(default_factory=dict)  # passed to the deployment as keywords
+    # external deployments: where ftlocust finds each component's evidence and process
+    metrics: dict[str, str] = field(default_factory=dict)  # role -> /metrics URL
+    logs: dict[str, str] = field(default_factory=dict)  # role -> log file
+    pids: dict[str, str] = field(default_factory=dict)  # role -> "pid:N" | "pidfile:PATH" (fault targets)
 
 
 @dataclass
@@ -115,8 +119,14 @@ def scenario_from_dict(data: dict, source: str = "<scenario>") -> Scenario:
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise ConfigError(f"{source}: name: expected a non-empty string")
     target_data = data.get("target") or {}
-    _take(target_data, f"{source}: target", {"kind", "workers", "migration_limit", "options"})
+    _take(target_data, f"{source}: target", {"kind", "workers", "migration_limit", "options", "metrics", "logs", "pids"})
     target = TargetSpec(**target_data)
+    for key in ("options", "metrics", "logs", "pids"):
+        value = getattr(target, key)
+        if not isinstance(value, dict) or (key != "options" and not all(isinstance(v, str) for v in value.values())):
+            raise ConfigError(f"{source}: target.{key}: expected a mapping of role to {'value' if key == 'options' else 'string'}")
+    if target.kind != "external" and (target.metrics or target.logs or target.pids):
+        raise ConfigError(f"{source}: target.metrics/logs/pids: only for kind external (ftlocust knows its own deployments)")
     if target.kind not in TARGET_KINDS:
         raise ConfigError(f"{source}: target.kind: expected one of {', '.join(TARGET_KINDS)}, got {target.kind!r}")
     _number(target.workers, f"{source}: target.workers", integer=True)

@@ -66,3 +66,13 @@ def test_load_section_keys_are_validated():
     assert s.load == {"endpoint": "chat", "requests_per_client": 5}
     with pytest.raises(ConfigError, match="load: unknown field 'users'"):
         scenario_from_dict({"name": "x", "load": {"users": 5}}, source="s.yaml")
+
+
+def test_external_target_evidence_fields():
+    s = scenario_from_dict({"name": "x", "target": {"kind": "external", "pids": {"worker-1": "pid:12"},
+                                                    "metrics": {"frontend": "http://h/metrics"}}})
+    assert s.target.pids == {"worker-1": "pid:12"} and s.target.metrics["frontend"] == "http://h/metrics"
+    with pytest.raises(ConfigError, match="only for kind external"):
+        scenario_from_dict({"name": "x", "target": {"kind": "reference", "logs": {"a": "/x"}}})
+    with pytest.raises(ConfigError, match="target.pids: expected a mapping of role to string"):
+        scenario_from_dict({"name": "x", "target": {"kind": "external", "pids": {"w": 12}}})
