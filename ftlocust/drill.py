@@ -115,6 +115,11 @@ class Drill:
             else:
                 t.options[key] = value
         if o.recovery_window_s is not None:
+            if o.recovery_window_s < self.scenario.stop.health_poll_s:
+                raise ConfigError(
+                    f"--ft-recovery-window: {o.recovery_window_s:g} s is shorter than the health poll interval "
+                    f"({self.scenario.stop.health_poll_s:g} s)"
+                )
             self.scenario.stop.recovery_window_s = o.recovery_window_s
         if self.scenario.faults and (o.fault_after_requests is not None or o.fault_after_seconds is not None):
             trigger = self.scenario.faults[0].trigger

@@ -260,7 +260,8 @@ def test_bring_up_serves_completions_and_chat_with_openai_shapes(shared_dynamo):
 
 def test_client_cancel_mid_stream_counts_on_frontend_and_worker(shared_dynamo):
     d = shared_dynamo
-    stream = open_stream(d.base_url, "/v1/completions", long_completion("tiny"))
+    # long enough to be still streaming when cancelled, however slow the machine is
+    stream = open_stream(d.base_url, "/v1/completions", long_completion("tiny", max_tokens=50000))
     stream.read_until(10)
     role = evidence.find_serving_role(d.worker_log_paths(), stream.request_id, timeout_s=5)
     assert role in d.worker_roles()

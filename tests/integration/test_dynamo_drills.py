@@ -1,0 +1,409 @@
+"""Every Dynamo drill of configs/dynamo/ as a user runs it, against a real local Dynamo (frontend +
+mocker workers on 127.0.0.1), and the verdicts checked against Dynamo's own logs and metrics:
+
+    python -m locust -f locustfiles/<drill>.py --headless --ft-scenario configs/dynamo/<x>.yaml --ft-artifacts DIR
+
+No extra flag: each scenario's `load:` and `probe:` sections make it short (seconds of load, a
+probe stream of 600 tokens). The test reads what the drill left in DIR — summary.json,
+requests.jsonl, services/<role>/<role>.log (+ .previous.log after a restart) and the
+.metrics.before/.after.txt snapshots — and checks that the client's story (outcomes, token
+counts, usage) and Dynamo's (log lines keyed by the request id, counter deltas) agree. While the
+drill runs it records every PID the deployment writes under DIR/deployment/pids, and afterwards
+asserts none of them is left alive (the drill tears its deployment down; nothing here kills a
+Dynamo process).
+
+Needs the Dynamo venv (`python -m ftlocust.dynamo_env`); skipped, with that reason, without it.
+Expectations are Dynamo 1.6.1's behaviour (shared/reference/dynamo-local.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ftlocust.dynamo_env import default_env_path, env_python, is_complete
+from ftlocust.evidence import MetricsSnapshot
+from ftlocust.records import read_records
+
+ENV_PATH = default_env_path()
+pytestmark = [
+    pytest.mark.dynamo,
+    pytest.mark.integration,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        not is_complete(ENV_PATH),
+        reason=f"no Dynamo environment at {ENV_PATH} (create it: python -m ftlocust.dynamo_env)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_LIMIT_S = 240  # a drill is ~15-30 s; this only bounds a hang
+PROBE_TOKENS = 600  # the scenarios' probe.max_tokens
+
+
+# ----- running a drill ------------------------------------------------------------------------
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot), None when gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+class Drill:
+    """One finished drill run: exit code, output, artifacts, and every deployment PID seen."""
+
+    def __init__(self, locustfile: str, scenario: str, artifacts: Path, extra: tuple[str, ...] = ()):
+        self.art = artifacts
+        argv = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / locustfile), "--headless",
+                "--ft-scenario", str(ROOT / "configs" / "dynamo" / scenario), "--ft-artifacts", str(artifacts), *extra]
+        self.pids: dict[int, str] = {}  # pid -> start ticks, as first seen
+        pid_dir = artifacts / "deployment" / "pids"
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                stdin=subprocess.DEVNULL)
+        out_lines: list[str] = []
+        reader = _Reader(proc, out_lines)
+        deadline = time.monotonic() + RUN_LIMIT_S
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                self._note_pids(pid_dir)  # a restarted role gets a new PID: keep polling
+                time.sleep(0.1)
+            if proc.poll() is None:  # hung: SIGTERM makes the drill roll back and tear down
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+                pytest.fail(f"drill {scenario} did not end within {RUN_LIMIT_S} s")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join()
+        self.returncode = proc.returncode
+        self.output = "".join(out_lines)
+
+    def _note_pids(self, pid_dir: Path) -> None:
+        try:
+            names = os.listdir(pid_dir)
+        except OSError:
+            return
+        for name in names:
+            try:
+                pid = int((pid_dir / name).read_text().strip())
+            except (OSError, ValueError):
+                continue  # being written
+            if pid not in self.pids:
+                ticks = _start_ticks(pid)
+                if ticks is not None:
+                    self.pids[pid] = ticks
+
+    def tail(self) -> str:
+        return self.output[-4000:]
+
+    # -- artifacts --
+    @property
+    def summary(self) -> dict:
+        return json.loads((self.art / "summary.json").read_text())
+
+    def verdicts(self) -> dict[str, bool]:
+        return {c["name"]: c["passed"] for c in self.summary["checks"]}
+
+    def records(self):
+        return read_records(str(self.art / "requests.jsonl"))
+
+    def probe(self):
+        (probe,) = [r for r in self.records() if r.client_id.endswith("/probe")]
+        return probe
+
+    def log_lines(self, role: str) -> list[str]:
+        folder = self.art / "services" / role
+        lines: list[str] = []
+        for name in (f"{role}.previous.log", f"{role}.log"):
+            if (folder / name).is_file():
+                lines += (folder / name).read_text(errors="replace").splitlines()
+        return lines
+
+    def worker_log_lines(self) -> dict[str, list[str]]:
+        roles = sorted(p.name for p in (self.art / "services").iterdir() if p.name.startswith("worker-"))
+        return {role: self.log_lines(role) for role in roles}
+
+    def metric_delta(self, role: str, name: str, **labels) -> float:
+        folder = self.art / "services" / role
+        before, after = (MetricsSnapshot((folder / f"{role}.metrics.{w}.txt").read_text()) for w in ("before", "after"))
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    def assert_torn_down(self) -> None:
+        assert self.pids, "the drill's deployment wrote no pid files"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            left = [pid for pid, ticks in self.pids.items() if _start_ticks(pid) == ticks]
+            if not left:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"deployment processes left alive after the drill: {left}")
+
+
+class _Reader:
+    """Drains the drill's output in a thread, so a full pipe never blocks it."""
+
+    def __init__(self, proc: subprocess.Popen, sink: list[str]):
+        import threading
+
+        self.thread = threading.Thread(target=lambda: sink.extend(iter(proc.stdout.readline, "")), daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(timeout=30)
+
+
+# ----- Dynamo's side: log lines keyed by the client's request id --------------------------------
+
+def _field(line: str, name: str) -> str | None:
+    found = re.search(rf'\b{re.escape(name)}="?([^"\s]+)"?', line)
+    return found.group(1) if found else None
+
+
+def _routed_ids(lines: list[str], outcome: str) -> list[str]:
+    """The client-visible request ids (cmpl-<uuid>, the second request_id of the router span)
+    of the frontend's `route request ... request.outcome="<outcome>"` lines."""
+    ids = []
+    for line in lines:
+        if "request_span: route request" in line and f'request.outcome="{outcome}"' in line:
+            ids.append(re.findall(r'request_id=([0-9a-f-]{36})', line)[-1])
+    return ids
+
+
+def _completed_line(lines: list[str], request_id: str) -> str:
+    """The frontend's `dynamo_llm::http::service::metrics: request completed` line of a request."""
+    (line,) = [l for l in lines if f"request completed request_id={request_id}" in l]
+    return line
+
+
+def _log_time(line: str) -> float:
+    """Epoch seconds of a Dynamo log line (`2026-11-25T21:24:22.407858Z ...`)."""
+    from datetime import datetime, timezone
+
+    stamp = line.split()[0].rstrip("Z")
+    return datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc).timestamp()
+
+
+def _scenario_load(art: Path) -> dict:
+    """The `load:` section of the scenario the drill ran (summary.json names it)."""
+    import yaml
+
+    name = json.loads((art / "summary.json").read_text())["scenario"]
+    for path in (ROOT / "configs" / "dynamo").glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        if data["name"] == name:
+            return data["load"]
+    raise AssertionError(f"no scenario named {name!r} in configs/dynamo")
+
+
+def _prompt_tokens(art: Path, record) -> int:
+    """How many tokens the deployment's tokenizer makes of this record's prompt (what
+    usage.prompt_tokens says for a request that was not migrated)."""
+    from ftlocust.users import build_prompt
+
+    prompt = build_prompt(_scenario_load(art)["input_tokens"], record.seed)
+    code = ("import sys; from tokenizers import Tokenizer; "
+            "print(len(Tokenizer.from_file(sys.argv[1]).encode(sys.stdin.read()).ids))")
+    out = subprocess.run([str(env_python(ENV_PATH)), "-c", code, str(art / "deployment" / "model" / "tokenizer.json")],
+                         input=prompt, capture_output=True, text=True, timeout=60, check=True)
+    return int(out.stdout.strip())
+
+
+# ----- the drills -------------------------------------------------------------------------------
+
+def test_migration_sigkill_passes_and_every_stream_dynamo_migrated_completes(tmp_path):
+    drill = Drill("migration.py", "migration-sigkill.yaml", tmp_path / "run")
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values()) and drill.summary["passed"] is True
+    fault = drill.summary["faults"][0]
+    assert fault["target"].startswith("worker-") and fault["detail"]["signal"] == "SIGKILL"
+
+    records = drill.records()
+    assert records and all(r.outcome == "ok" for r in records)
+    frontend = drill.log_lines("frontend")
+    disconnected = _routed_ids(frontend, "worker_disconnected")
+    probe = drill.probe()
+    assert probe.request_id in disconnected, "the probe stream was not on the killed worker"
+    by_id = {r.request_id: r for r in records}
+    migrated_ok = set(_routed_ids(frontend, "success")) & set(disconnected)
+    # Dynamo: each stream cut by the kill was retried and completed; the client: each got every token.
+    assert migrated_ok == set(disconnected)
+    for rid in disconnected:
+        assert by_id[rid].outcome == "ok" and by_id[rid].output_tokens == by_id[rid].expected_tokens, by_id[rid]
+    assert drill.metric_delta("frontend", "dynamo_frontend_model_migration_duration_seconds_count",
+                              migration_type="ongoing_request", outcome="success") == len(disconnected)
+    assert probe.output_tokens == PROBE_TOKENS and probe.finish_reason == "length"
+
+    # usage.prompt_tokens of the migrated probe = its prompt + the tokens done before the kill
+    # (Dynamo re-sends them as prompt): reported as Dynamo logged it, and still an ok request.
+    (retried,) = [l for l in frontend if "route request completed" in l and probe.request_id in l
+                  and "migration.is_retry=true" in l]
+    done_before_kill = int(_field(retried, "migration.tokens_completed"))
+    assert done_before_kill > 0
+    assert probe.usage_prompt_tokens == int(_field(_completed_line(frontend, probe.request_id), "input_tokens"))
+    assert probe.usage_prompt_tokens == _prompt_tokens(drill.art, probe) + done_before_kill
+
+    # The frontend logged ERROR lines, all of them the benign migration ones the "no ERROR" check ignores.
+    errors = [l for l in frontend if " ERROR " in l]
+    assert errors and all("Conflicting request tracker write" in l for l in errors)
+    assert drill.verdicts()["frontend log has no ERROR line (benign ones ignored)"] is True
+    drill.assert_torn_down()
+
+
+def test_migration_off_fails_with_the_failures_dynamo_reports(tmp_path):
+    drill = Drill("migration.py", "migration-off.yaml", tmp_path / "run")
+    assert drill.returncode == 3, drill.tail()
+    verdicts = drill.verdicts()
+    assert drill.summary["passed"] is False
+    failed = {name for name, ok in verdicts.items() if not ok}
+    assert failed == {"no_failures[all]", "streams_complete_after_fault",
+                      "migrations that succeeded (outcome=success) >= 1"}, verdicts
+
+    records = drill.records()
+    frontend = drill.log_lines("frontend")
+    disconnected = set(_routed_ids(frontend, "worker_disconnected"))
+    errored = {r.request_id: r for r in records if r.outcome == "stream_error_event"}
+    # Exactly the streams Dynamo saw disconnected ended with an in-band 503 inside their HTTP 200.
+    assert set(errored) == disconnected and drill.probe().request_id in disconnected
+    for r in errored.values():
+        assert r.status == 200 and "(code 503)" in r.error and r.finish_reason is None, r
+    assert drill.metric_delta("frontend", "dynamo_frontend_model_migration_duration_seconds_count",
+                              migration_type="ongoing_request", outcome="failure") == len(errored)
+    # The counter counts "migrations" although migration is off (why the checks look at outcomes).
+    assert drill.metric_delta("frontend", "dynamo_frontend_model_migration_total",
+                              migration_type="ongoing_request") == len(errored)
+    # New requests routed to the dead worker: immediate HTTP 503, one per failed new_request "migration".
+    rejected = [r for r in records if r.outcome == "rejected"]
+    assert all(r.status == 503 for r in rejected)
+    assert drill.metric_delta("frontend", "dynamo_frontend_model_migration_duration_seconds_count",
+                              migration_type="new_request", outcome="failure") == len(rejected)
+    assert {r.outcome for r in records} <= {"ok", "stream_error_event", "rejected"}
+    drill.assert_torn_down()
+
+
+def test_cancellation_counts_every_client_cancel_on_the_frontend(tmp_path):
+    drill = Drill("cancellation.py", "cancellation.yaml", tmp_path / "run")
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values())
+    records = drill.records()
+    assert records and all(r.outcome == "cancelled" for r in records)
+    streams = sum(1 for r in records if r.stream)
+    unary = len(records) - streams
+    assert streams and unary
+    name = "dynamo_frontend_model_cancellation_total"
+    assert drill.metric_delta("frontend", name, request_type="stream") == streams
+    assert drill.metric_delta("frontend", name, request_type="unary") == unary
+    cancelled_at_workers = sum(drill.metric_delta(role, "dynamo_component_cancellation_total", dynamo_endpoint="generate")
+                               for role in ("worker-1", "worker-2"))
+    received = sum(sum("request cancellation received" in l for l in lines)
+                   for lines in drill.worker_log_lines().values())
+    assert 1 <= cancelled_at_workers <= len(records) and received == cancelled_at_workers
+    drill.assert_torn_down()
+
+
+def test_migration_sigterm_drains_the_stream_on_the_dying_worker(tmp_path):
+    drill = Drill("migration.py", "migration-sigterm.yaml", tmp_path / "run")
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values())
+    records = drill.records()
+    assert all(r.outcome == "ok" for r in records)
+    probe = drill.probe()
+    assert probe.output_tokens == PROBE_TOKENS
+    faulted = drill.summary["faults"][0]["target"]
+    worker_log = drill.log_lines(faulted)
+    # The SIGTERMed worker itself finished the probe stream (no migration): not inflated usage.
+    assert any(f"request completed request_id={probe.request_id}" in l for l in worker_log)
+    assert any("All inflight requests completed" in l for l in worker_log)
+    assert not _routed_ids(drill.log_lines("frontend"), "worker_disconnected")
+    assert probe.usage_prompt_tokens == _prompt_tokens(drill.art, probe)
+    drill.assert_torn_down()
+
+
+def test_migration_sigterm_short_drain_reports_the_in_band_500(tmp_path):
+    drill = Drill("migration.py", "migration-sigterm-short-drain.yaml", tmp_path / "run")
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values())
+    records = drill.records()
+    failed = [r for r in records if r.outcome != "ok"]
+    probe = drill.probe()
+    assert probe.outcome == "stream_error_event" and probe.status == 200 and "(code 500)" in probe.error
+    assert {r.outcome for r in failed} == {"stream_error_event"}
+    # The failure is reported: in the phases and the results table.
+    assert drill.summary["phases"]["spanning"]["failed"] >= 1
+    frontend = drill.log_lines("frontend")
+    completed = _completed_line(frontend, probe.request_id)
+    assert "status=error" in completed and "error_type=internal" in completed
+    assert drill.metric_delta("frontend", "dynamo_frontend_failures_total", **{"class": "Internal"}) == len(failed)
+    # Dynamo did not migrate it although migration is on.
+    assert probe.request_id not in _routed_ids(frontend, "worker_disconnected")
+    assert drill.metric_delta("frontend", "dynamo_frontend_model_migration_total", migration_type="ongoing_request") == 0
+    drill.assert_torn_down()
+
+
+def test_frontend_sigint_drains_refuses_new_work_and_recovers_after_restart(tmp_path):
+    drill = Drill("migration.py", "frontend-sigint.yaml", tmp_path / "run")
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values())
+    fault = drill.summary["faults"][0]
+    assert fault["target"] == "frontend" and fault["recovered_at"] is not None
+    probe = drill.probe()
+    assert probe.outcome == "ok" and probe.output_tokens == PROBE_TOKENS  # in flight: not cut
+
+    old_log = (drill.art / "services" / "frontend" / "frontend.previous.log").read_text().splitlines()
+    (draining,) = [l for l in old_log if "entering draining stage" in l]
+    stopping = [l for l in old_log if "entering stopping stage" in l]
+    drain_start, drain_end = _log_time(draining), _log_time(stopping[0])
+    records = drill.records()
+    rejected = [r for r in records if r.outcome == "rejected"]
+    assert rejected and all(r.status == 503 and "not ready" in r.error for r in rejected)
+    # Every 503 came while Dynamo said it was draining (small slack for the clocks of two processes).
+    assert all(drain_start - 0.1 <= r.end_wall <= drain_end + 0.5 for r in rejected)
+    assert {r.outcome for r in records} <= {"ok", "rejected", "connection_error"}
+    restarted_at = drill.summary["faults"][0]["recovered_at"]
+    assert any(r.outcome == "ok" and r.start_wall >= restarted_at for r in records)
+    drill.assert_torn_down()
+
+
+def test_frontend_sigkill_truncates_streams_and_recovers_after_restart(tmp_path):
+    drill = Drill("migration.py", "frontend-sigkill.yaml", tmp_path / "run")
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values())
+    probe = drill.probe()
+    # Cut without a terminator: no [DONE], no error event, no finish_reason.
+    assert probe.outcome == "truncated" and probe.finish_reason is None and 0 < probe.output_tokens < PROBE_TOKENS
+    published = [l for lines in drill.worker_log_lines().values() for l in lines
+                 if f"Failed to publish response for stream {probe.request_id}" in l]
+    assert published, "no worker noticed the probe stream's client (the frontend) was gone"
+    records = drill.records()
+    assert {r.outcome for r in records} <= {"ok", "truncated", "connection_error"}
+    restarted_at = drill.summary["faults"][0]["recovered_at"]
+    assert restarted_at is not None and any(r.outcome == "ok" and r.start_wall >= restarted_at for r in records)
+    assert (drill.art / "services" / "frontend" / "frontend.previous.log").is_file()
+    drill.assert_torn_down()
+
+
+def test_rejection_counts_every_529_dynamo_sent(tmp_path):
+    drill = Drill("load.py", "rejection.yaml", tmp_path / "run")
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values())
+    records = drill.records()
+    outcomes = Counter(r.outcome for r in records)
+    assert set(outcomes) == {"ok", "rejected"}, outcomes
+    assert all(r.status == 529 for r in records if r.outcome == "rejected")
+    sent_529 = [l for l in drill.log_lines("frontend") if "http response sent status=529" in l]
+    assert outcomes["rejected"] == len(sent_529)
+    assert drill.metric_delta("frontend", "dynamo_frontend_model_rejection_total") == outcomes["rejected"]
+    drill.assert_torn_down()
