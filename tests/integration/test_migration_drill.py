@@ -219,3 +219,16 @@ def test_interrupted_run_still_rolls_back_the_fault(tmp_path, stop_signal):
     assert "recovered hang-worker-1" in (art / "test.log").read_text()
     assert summary["phases"]["all"]["count"] == len(read_records(str(art / "requests.jsonl")))
     _assert_torn_down(art)
+
+
+def test_recovery_window_ends_the_run_after_the_fault(tmp_path):
+    art = tmp_path / "run"
+    proc = _run(["--ft-requests-per-client", "100", "--ft-recovery-window", "3"], art)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    summary = json.loads((art / "summary.json").read_text())
+    (fault,) = summary["faults"]
+    last_end = summary["phases"]["all"]["last_end_wall"]
+    assert fault["injected_at"] + 3 <= last_end + 1.5  # load went on through the window…
+    assert last_end < fault["injected_at"] + 3 + 5  # …and stopped with it, long before 100 requests each
+    assert summary["phases"]["all"]["count"] < 10 * 100
+    assert "recovery window of 3.0 s after the last fault is over" in (art / "test.log").read_text()
