@@ -200,9 +200,9 @@ def _broadcaster(environment):
 
 
 def _quit(environment) -> None:
-    if environment.web_ui is not None:
-        environment.web_ui.stop()
-    environment.runner.quit()
+    from ftlocust.users import end_run  # the same ending as a spent budget: quit, or stop under the web UI
+
+    end_run(environment)
 
 
 @events.request.add_listener

@@ -822,17 +822,22 @@ def _abort_run(environment, line: str) -> None:
     if runner is None or isinstance(runner, WorkerRunner):
         return  # this worker's users stop; the master ends the run once every worker is done
     environment.process_exit_code = 2
-    gevent.spawn(_end_run, environment)
+    gevent.spawn(end_run, environment)
 
 
-def _end_run(environment) -> None:
+def end_run(environment) -> None:
     runner = environment.runner
     if runner is None:
         return
     if environment.web_ui is None:
         runner.quit()  # headless: the main greenlet ends, Locust runs its shutdown (quitting, exit code)
-    else:
-        runner.stop()  # web UI: keep the results on screen
+        return
+    runner.stop()  # web UI: keep the results on screen…
+    opts = environment.parsed_options
+    if getattr(opts, "autostart", False) and getattr(opts, "autoquit", -1) != -1:
+        gevent.sleep(opts.autoquit)  # …unless --autostart --autoquit S asked to quit, as after -t
+        runner.quit()
+        environment.web_ui.stop()
 
 
 class SelfStop:
@@ -871,7 +876,7 @@ class SelfStop:
             runner.send_message("ft_users_done", {"worker_index": runner.worker_index})
         else:
             log.info("every user spent its request budget: ending the run")
-            _end_run(self.environment)
+            end_run(self.environment)
 
     def _on_worker_done(self, environment, msg, **_kw) -> None:
         self.done_workers.add(msg.node_id)
@@ -884,7 +889,7 @@ class SelfStop:
         if len(self.done_workers) >= runner.worker_count:
             log.info("every worker's users spent their request budget: ending the run")
             self.done_workers.clear()
-            gevent.spawn(_end_run, self.environment)
+            gevent.spawn(end_run, self.environment)
 
 
 def install_self_stop(environment) -> SelfStop:

@@ -232,3 +232,35 @@ def test_recovery_window_ends_the_run_after_the_fault(tmp_path):
     assert last_end < fault["injected_at"] + 3 + 5  # …and stopped with it, long before 100 requests each
     assert summary["phases"]["all"]["count"] < 10 * 100
     assert "recovery window of 3.0 s after the last fault is over" in (art / "test.log").read_text()
+
+
+def test_web_ui_mode_shows_phase_rows_and_ends_by_itself(tmp_path):
+    """The same drill under the web UI (bound to loopback): the phase rows are in the UI's
+    statistics; with --autostart --autoquit the run ends by itself and keeps its exit code."""
+    import urllib.request
+
+    art = tmp_path / "run"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfiles", "migration.py"), "--autostart",
+         "--autoquit", "1", "--web-host", "127.0.0.1", "--web-port", str(port), "--ft-artifacts", str(art)] + SMALL,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    names = set()
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and not any("[after]" in n for n in names):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/requests", timeout=2) as r:
+                    names |= {s["name"] for s in json.load(r)["stats"]}
+            except OSError:
+                pass
+            time.sleep(0.5)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    assert "completion-stream [before]" in names and "completion-stream [after]" in names
+    assert json.loads((art / "summary.json").read_text())["passed"]
+    _assert_torn_down(art)
