@@ -17,6 +17,7 @@ import datetime
 import logging
 import os
 import sys
+import traceback
 
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
@@ -181,6 +182,14 @@ def _on_init(environment, **_kw) -> None:
             drill.stop_target()
         sys.stderr.write(f"ftlocust: {e}\n")
         sys.exit(2)
+    except Exception as e:  # not the user's input: one line here, the traceback in test.log
+        if drill is not None:
+            if not drill.options.dry_run:
+                with open(os.path.join(drill.options.artifacts_dir, "test.log"), "a", encoding="utf-8") as f:
+                    f.write(traceback.format_exc())
+            drill.stop_target()
+        sys.stderr.write(f"ftlocust: set-up failed: {type(e).__name__}: {e}\n")
+        sys.exit(1)
     if options.dry_run:
         sys.stdout.write(drill.describe() + "\n")
         sys.exit(0)
