@@ -93,7 +93,10 @@ class Drill:
                 for fault in self.faults:
                     fault.preflight(self.ctx)
             return
-        self.request_log = RequestLog(os.path.join(self.options.artifacts_dir, "requests.jsonl"))
+        log_path = os.path.join(self.options.artifacts_dir, "requests.jsonl")
+        if os.path.exists(log_path):  # one folder, one run: never mix two runs' requests
+            raise ConfigError(f"--ft-artifacts: {self.options.artifacts_dir} already holds a run; choose another folder")
+        self.request_log = RequestLog(log_path)
         phases.TIMELINE.reset()
         if self.options.host is None and self.scenario.target.kind != "external":
             self.deployment = self._start_deployment()

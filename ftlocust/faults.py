@@ -129,12 +129,19 @@ class ProcessSignalFault(Fault):
         self.signal_name = sig_name
         self.signal = SIGNALS[sig_name]
         self.restart = bool(spec.params.get("restart", False))
-        self.restart_after_s = spec.params.get("restart_after_s")
-        self.stop_for_s = spec.params.get("stop_for_s")
+        self.restart_after_s = self._seconds(spec, "restart_after_s")
+        self.stop_for_s = self._seconds(spec, "stop_for_s")
         self._pid: int | None = None
         self._identity: tuple[str, str] | None = None
         self._role: str | None = None
         self._recovered = False
+
+    @staticmethod
+    def _seconds(spec: FaultSpec, key: str) -> float | None:
+        value = spec.params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError(f"fault {spec.name!r}: {key}: expected a number of seconds >= 0, got {value!r}")
+        return value
 
     def describe(self) -> str:
         what = {
@@ -142,7 +149,9 @@ class ProcessSignalFault(Fault):
         }.get(self.spec.target, self.spec.target)
         if self._pid is not None:
             what += f" (pid {self._pid}: {self._identity[0] if self._identity else '?'})"
-        tail = ", restart at recovery" if self.restart else ""
+        tail = ""
+        if self.restart:
+            tail = f", restart {self.restart_after_s:g} s after" if self.restart_after_s is not None else ", restart at recovery"
         if self.signal_name == "SIGSTOP":
             tail += f", SIGCONT after {self.stop_for_s} s" if self.stop_for_s else ", SIGCONT at recovery"
         return f"{self.signal_name} → {what}, {self.spec.trigger.describe()}{tail}"

@@ -264,3 +264,12 @@ def test_web_ui_mode_shows_phase_rows_and_ends_by_itself(tmp_path):
     assert "completion-stream [before]" in names and "completion-stream [after]" in names
     assert json.loads((art / "summary.json").read_text())["passed"]
     _assert_torn_down(art)
+
+
+def test_artifacts_folder_of_an_earlier_run_is_refused(tmp_path):
+    art = tmp_path / "run"
+    art.mkdir()
+    (art / "requests.jsonl").write_text("{}\n")
+    proc = _run([], art, timeout=60)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert (art / "requests.jsonl").read_text() == "{}\n"

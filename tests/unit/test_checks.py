@@ -18,7 +18,7 @@ from ftlocust.checks import (
 )
 from ftlocust.errors import ConfigError
 from ftlocust.evidence import MetricsSnapshot
-from ftlocust.phases import FaultEvent
+from ftlocust.phases import FaultEvent, phase_stats
 from ftlocust.records import CANCELLED, CONNECTION_ERROR, OK, REJECTED, STREAM_ERROR_EVENT, TRUNCATED, RequestRecord
 
 from tests.support.factories import T_F, rec  # noqa: E402
@@ -379,3 +379,28 @@ def test_cancellations_counted_compares_client_cancels_with_server_counters():
     assert "clients cancelled 3, server counted 3" in verdict((1, 2)).detail
     assert not verdict((1, 1)).passed  # one cancel the server never saw
     assert not verdict((2, 2)).passed  # counted twice
+
+
+def _result_with(records, log_paths=None):
+    return RunResult(records=records, fault_time=T_F, faults=[], phases=phase_stats(records, T_F), recovery={},
+                     metrics_before={}, metrics_after={}, log_paths=log_paths or {}, expected_tokens=None)
+
+
+def test_min_failures_of_one_outcome_counts_only_that_outcome():
+    records = [rec(101, 102, TRUNCATED), rec(101, 103, TRUNCATED), rec(101, 104, REJECTED)]
+    (check,) = build_checks([{"check": "min_failures", "n": 2, "outcome": "truncated"}])
+    assert evaluate([check], _result_with(records))[0].passed
+    (check,) = build_checks([{"check": "min_failures", "n": 2, "outcome": "rejected"}])
+    assert not evaluate([check], _result_with(records))[0].passed
+    with pytest.raises(ConfigError, match="outcome"):
+        build_checks([{"check": "min_failures", "n": 1, "outcome": "ok"}])
+
+
+def test_log_pattern_with_a_role_glob_reads_every_matching_log(tmp_path):
+    (tmp_path / "w1.log").write_text("INFO request received request_id=a\n")
+    (tmp_path / "w2.log").write_text("INFO request cancellation received request_id=b\n")
+    logs = {"worker-1": str(tmp_path / "w1.log"), "worker-2": str(tmp_path / "w2.log"), "frontend": str(tmp_path / "w1.log")}
+    (check,) = build_checks([{"check": "log_pattern", "role": "worker-*", "pattern": "cancellation received"}])
+    assert evaluate([check], _result_with([], logs))[0].passed
+    (check,) = build_checks([{"check": "log_pattern", "role": "frontend", "pattern": "cancellation received"}])
+    assert not evaluate([check], _result_with([], logs))[0].passed
