@@ -74,6 +74,8 @@ class Drill:
         self._greenlets: list[gevent.Greenlet] = []
         self._finished = False
         self.late_records = 0
+        self.misnamed = 0  # requests whose Locust row name carries another phase than the truth
+        self._fire_counts: dict[int, int] = {}
         self.ctx = FaultContext(artifacts_dir=options.artifacts_dir, dry_run=options.dry_run,
                                 resolve_serving=self._resolve_serving)
 
@@ -186,6 +188,13 @@ class Drill:
         if self._finished:  # the run is over: what finishes now (killed users) is not part of it
             self.late_records += 1
             return
+        # The master's phase is the truth (T_f is set before the fault greenlet can yield); the
+        # phase a Locust worker named the request with may lag the fault broadcast by a few ms.
+        named = record.phase
+        record.phase = phases.TIMELINE.phase_of(record.start_wall, record.end_wall)
+        if named != record.phase:
+            record.extra["locust_phase"] = named
+            self.misnamed += 1
         self.records.append(record)
         self.finished_count += 1
         if self.request_log is not None:
@@ -206,6 +215,7 @@ class Drill:
         if index in self._fired or self._finished:
             return
         self._fired.add(index)  # before anything can yield: exactly once
+        self._fire_counts[index] = self.finished_count
         self._greenlets.append(gevent.spawn(self._run_fault, self.faults[index]))
 
     def _run_fault(self, fault: Fault) -> None:
@@ -217,6 +227,7 @@ class Drill:
                                       injected_at=time.time(), recovered_at=None, detail={"error": str(e)})
             fault.event = event
             return
+        event.detail["finished_requests_at_trigger"] = self._fire_counts.get(self.faults.index(fault))
         phases.TIMELINE.record_fault(event)
         self.broadcast(event.to_dict())
         log.info("fault %s in effect at %.3f", fault.name, event.injected_at)
@@ -346,7 +357,8 @@ class Drill:
         startup_s = self.deployment.startup_s if self.deployment is not None else None
         self.summary = report.build_summary(
             self.scenario.name, fault_events, phase_data, recovery, startup_s, verdicts,
-            extra={"host": self.host, "requests": len(self.records), "artifacts": self.options.artifacts_dir},
+            extra={"host": self.host, "requests": len(self.records), "artifacts": self.options.artifacts_dir,
+                   "misnamed_in_locust": self.misnamed, "late_requests": self.late_records},
         )
         self.table = report.results_table([self.summary])
         report.write_artifacts(self.options.artifacts_dir, self.summary, self.table, verdicts)
