@@ -16,7 +16,7 @@ import time
 
 import ftlocust
 from ftlocust.errors import ConfigError
-from ftlocust.targets.local import ProcessGroup, ProcessSpec
+from ftlocust.targets.local import ProcessGroup, ProcessSpec, http_get_status
 from ftlocust.targets.reference import client
 from ftlocust.targets.reference.events import EventLog
 from ftlocust.targets.reference.wire import AGGREGATED, DECODE, PREFILL
@@ -298,9 +298,10 @@ class ReferenceDeployment:
         listed = {i["name"]: i for i in body.get("instances", [])}
         if role == self.frontend_role:
             return bool(listed)
-        if self.group.alive(role):
+        if self.group.alive(role):  # restarted, resumed — or still dying: it must answer itself
             entry = listed.get(role)
-            return entry is not None and entry.get("pid") == self.group.pid(role)
+            return (entry is not None and entry.get("pid") == self.group.pid(role)
+                    and http_get_status(self.health_url(role), timeout_s=1.0) == 200)
         return bool(listed) and role not in listed
 
     def restart(self, role: str) -> int:
