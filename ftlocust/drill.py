@@ -12,6 +12,7 @@ for the fault greenlets), so the order of a run is readable in one place:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -117,6 +118,8 @@ class Drill:
                 continue
             if key in ("workers", "migration_limit"):
                 setattr(t, key, value)
+            elif key == "token_delay_s" and t.kind != "reference":
+                raise ConfigError(f"--ft-target-token-delay: only for the reference deployment (target is {t.kind})")
             else:
                 t.options[key] = value
         if o.recovery_window_s is not None:
@@ -146,13 +149,15 @@ class Drill:
         t = self.scenario.target
         run_dir = os.path.join(self.options.artifacts_dir, "deployment")
         if t.kind == "reference":
-            from ftlocust.targets.reference import ReferenceDeployment
-
-            deployment = ReferenceDeployment(run_dir, workers=t.workers, migration_limit=t.migration_limit, **t.options)
+            from ftlocust.targets.reference import ReferenceDeployment as deployment_class
         else:
-            from ftlocust.targets.dynamo import DynamoDeployment
-
-            deployment = DynamoDeployment(run_dir, workers=t.workers, migration_limit=t.migration_limit, **t.options)
+            from ftlocust.targets.dynamo import DynamoDeployment as deployment_class
+        known = set(inspect.signature(deployment_class).parameters) - {"run_dir", "workers", "migration_limit"}
+        unknown = sorted(set(t.options) - known)
+        if unknown:
+            raise ConfigError(f"{self.scenario.source or self.scenario.name}: target.options: unknown {unknown[0]!r} "
+                              f"for a {t.kind} deployment (expected one of {', '.join(sorted(known))})")
+        deployment = deployment_class(run_dir, workers=t.workers, migration_limit=t.migration_limit, **t.options)
         log.info("starting the %s deployment (%d workers, migration limit %d) in %s",
                  t.kind, t.workers, t.migration_limit, run_dir)
         try:

@@ -168,8 +168,9 @@ def _on_init(environment, **_kw) -> None:
         _check_numbers(opts)
         scenario = _scenario(opts)
         _apply_scenario_load(opts, scenario, _parser_defaults)
-        if opts.ft_target:
-            scenario.target.kind = opts.ft_target
+        if opts.ft_target and opts.ft_target != scenario.target.kind:
+            # another kind of deployment: the scenario's knobs were for the one it named
+            scenario.target.kind, scenario.target.options = opts.ft_target, {}
         options = _drill_options(environment, opts)
         drill = Drill(scenario, options, broadcast=_broadcaster(environment), quit_run=lambda: _quit(environment))
         if not options.dry_run:

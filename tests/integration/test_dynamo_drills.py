@@ -65,10 +65,12 @@ def _start_ticks(pid: int) -> str | None:
 class Drill:
     """One finished drill run: exit code, output, artifacts, and every deployment PID seen."""
 
-    def __init__(self, locustfile: str, scenario: str, artifacts: Path, extra: tuple[str, ...] = ()):
+    def __init__(self, locustfile: str, scenario: str | None, artifacts: Path, extra: tuple[str, ...] = ()):
+        """`scenario`: a file of configs/dynamo/, or None for the locustfile's own scenario."""
         self.art = artifacts
+        scenario_args = ["--ft-scenario", str(ROOT / "configs" / "dynamo" / scenario)] if scenario else []
         argv = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / locustfile), "--headless",
-                "--ft-scenario", str(ROOT / "configs" / "dynamo" / scenario), "--ft-artifacts", str(artifacts), *extra]
+                *scenario_args, "--ft-artifacts", str(artifacts), *extra]
         self.pids: dict[int, str] = {}  # pid -> start ticks, as first seen
         pid_dir = artifacts / "deployment" / "pids"
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -304,6 +306,15 @@ def test_migration_sigkill_drill_fails_when_migration_is_turned_off(tmp_path):
     assert verdicts["no_failures[all]"] is False
     assert drill.probe().outcome == "stream_error_event"
     assert drill.metric_delta("frontend", "dynamo_frontend_model_migration_total", migration_type="ongoing_request") >= 1
+    drill.assert_torn_down()
+
+
+def test_main_drill_runs_unchanged_on_dynamo(tmp_path):
+    # README: `--ft-target dynamo` runs the reference scenario's drill on real Dynamo.
+    drill = Drill("migration.py", None, tmp_path / "run", ("--ft-target", "dynamo", "--ft-requests-per-client", "14"))
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values())
+    assert drill.probe().outcome == "ok" and drill.probe().output_tokens == drill.probe().expected_tokens
     drill.assert_torn_down()
 
 
