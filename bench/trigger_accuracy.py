@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -32,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ftlocust.records import read_records  # noqa: E402
+from tests.support.distributed import run_distributed  # noqa: E402
 
 SCENARIO = """
 name: bench-kill-after-n
@@ -43,36 +42,14 @@ stop: {{health_poll_s: 0.05}}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_run(folder: str, users: int, n: int, workers: int) -> dict:
     per_client = max(8, 2 * n // users + 4)
     scenario = os.path.join(folder, "scenario.yaml")
     with open(scenario, "w") as f:
         f.write(SCENARIO.format(n=n, per_client=per_client))
     art = os.path.join(folder, "run")
-    port = _free_port()
-    common = ["-f", os.path.join(ROOT, "locustfiles", "load.py"), "--ft-scenario", scenario]
-    master = subprocess.Popen([sys.executable, "-m", "locust", *common, "--headless", "--master", "-u", str(users),
-                               "-r", str(users), "--expect-workers", str(workers), "--master-bind-host", "127.0.0.1",
-                               "--master-bind-port", str(port), "--ft-artifacts", art],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = [subprocess.Popen([sys.executable, "-m", "locust", *common, "--worker", "--master-host", "127.0.0.1",
-                               "--master-port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for _ in range(workers)]
-    try:
-        master.wait(timeout=600)
-        for p in procs:
-            p.wait(timeout=60)
-    finally:
-        for p in [master, *procs]:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    run_distributed(os.path.join(ROOT, "locustfiles", "load.py"), ["-u", str(users), "-r", str(users), "--ft-artifacts", art],
+                    ["--ft-scenario", scenario], workers=workers, timeout_s=600)
     with open(os.path.join(art, "summary.json")) as f:
         summary = json.load(f)
     with open(os.path.join(art, "deployment", "events.jsonl")) as f:

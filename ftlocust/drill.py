@@ -24,7 +24,7 @@ import gevent
 from ftlocust import checks as checks_module
 from ftlocust import evidence, phases, report
 from ftlocust.errors import ConfigError
-from ftlocust.faults import SERVING_WORKER, Fault, FaultContext, build_fault
+from ftlocust.faults import Fault, FaultContext, build_fault
 from ftlocust.records import RequestLog, RequestRecord
 from ftlocust.scenario import Scenario
 

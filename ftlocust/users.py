@@ -674,11 +674,12 @@ class LLMUser(FastHttpUser):
                         return None
                     if policy.mode == cancel_mod.AFTER_CHUNKS:
                         cancel_after = int(policy.value or 1)
-                on_content = None
+                # only a subclass that overrides on_content pays a call per token
+                progress = None
                 if type(self).on_content is not LLMUser.on_content:
-                    def on_content(chunks: int, raw_id: Any) -> None:
+                    def progress(chunks: int, raw_id: Any) -> None:
                         self.on_content(chunks, _request_id(raw_id))
-                read_stream(ghc, spec.chat, seen, inflight, cancel_after, on_content)
+                read_stream(ghc, spec.chat, seen, inflight, cancel_after, progress)
             else:
                 body = ghc.read()
                 inflight.finished = True

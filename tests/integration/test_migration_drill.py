@@ -13,6 +13,7 @@ import time
 import pytest
 
 from ftlocust.records import read_records
+from tests.support.distributed import free_port, run_distributed
 
 pytestmark = pytest.mark.integration
 
@@ -139,37 +140,14 @@ def test_bad_input_is_one_line_before_any_load(tmp_path, args, message):
     assert not (tmp_path / "run" / "requests.jsonl").exists() or not read_records(str(tmp_path / "run" / "requests.jsonl"))
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_distributed_master_and_two_workers_fire_once(tmp_path):
     """Locust's distributed mode: the master owns the trigger and the verdicts; the fault fires
     exactly once; every worker's requests reach the master's request log."""
     art = tmp_path / "run"
-    port = _free_port()
-    master = subprocess.Popen(
-        LOCUST + ["--master", "--expect-workers", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port",
-                  str(port), "--ft-artifacts", str(art)] + SMALL,
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    workers = [subprocess.Popen([sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfiles", "migration.py"),
-                                 "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for _ in range(2)]
-    try:
-        out, _ = master.communicate(timeout=240)
-        for w in workers:
-            assert w.wait(timeout=60) == 0
-    finally:
-        for p in [master, *workers]:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert master.returncode == 0, out[-3000:]
+    code, out, worker_codes = run_distributed(os.path.join(ROOT, "locustfiles", "migration.py"),
+                                              ["--ft-artifacts", str(art)] + SMALL)
+    assert worker_codes == [0, 0]
+    assert code == 0, out[-3000:]
     summary = json.loads((art / "summary.json").read_text())
     assert summary["passed"] and len(summary["faults"]) == 1
     assert out.count("injected SIGKILL") == 1
@@ -241,7 +219,7 @@ def test_web_ui_mode_shows_phase_rows_and_ends_by_itself(tmp_path):
     import urllib.request
 
     art = tmp_path / "run"
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfiles", "migration.py"), "--autostart",
          "--autoquit", "1", "--web-host", "127.0.0.1", "--web-port", str(port), "--ft-artifacts", str(art)] + SMALL,

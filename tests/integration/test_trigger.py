@@ -3,7 +3,6 @@ exactly N — in one process and with 2 Locust workers — and no request is mis
 the reference deployment's ground truth (its own log of when the signal was sent)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest
 
 from ftlocust.phases import phase_of
 from ftlocust.records import read_records
+from tests.support.distributed import run_distributed
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,6 @@ faults:
 checks:
   - {{check: no_failures, phase: all}}
 """
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ground_truth_fault_time(art):
@@ -73,24 +67,8 @@ def test_count_trigger_with_two_locust_workers(tmp_path, repeat):
     scenario = tmp_path / "s.yaml"
     scenario.write_text(SCENARIO)
     art = tmp_path / "run"
-    port = _free_port()
-    common = ["-f", LOCUSTFILE, "--ft-scenario", str(scenario)]
-    master = subprocess.Popen([sys.executable, "-m", "locust", *common, "--headless", "--master", "--expect-workers",
-                               "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-                               "--ft-artifacts", str(art)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    workers = [subprocess.Popen([sys.executable, "-m", "locust", *common, "--worker", "--master-host", "127.0.0.1",
-                                 "--master-port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for _ in range(2)]
-    try:
-        out, _ = master.communicate(timeout=180)
-        for w in workers:
-            w.wait(timeout=60)
-    finally:
-        for p in [master, *workers]:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert master.returncode == 0, out[-3000:]
+    code, out, _ = run_distributed(LOCUSTFILE, ["--ft-artifacts", str(art)], ["--ft-scenario", str(scenario)],
+                                   timeout_s=180)
+    assert code == 0, out[-3000:]
     _assert_fired_once_at_n_and_classified_right(art, out)
     assert len({r.locust_worker for r in read_records(str(art / "requests.jsonl"))}) == 2

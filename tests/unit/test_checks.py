@@ -19,7 +19,7 @@ from ftlocust.checks import (
 from ftlocust.errors import ConfigError
 from ftlocust.evidence import MetricsSnapshot
 from ftlocust.phases import FaultEvent, phase_stats
-from ftlocust.records import CANCELLED, CONNECTION_ERROR, OK, REJECTED, STREAM_ERROR_EVENT, TRUNCATED, RequestRecord
+from ftlocust.records import CANCELLED, CONNECTION_ERROR, OK, REJECTED, STREAM_ERROR_EVENT, TRUNCATED
 
 from tests.support.factories import T_F, rec  # noqa: E402
 

@@ -25,7 +25,6 @@ from ftlocust.records import (
     OUTCOMES,
     REJECTED,
     TRUNCATED,
-    RequestRecord,
 )
 
 from tests.support.factories import T_F, rec  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 
 from ftlocust.checks import Verdict
 from ftlocust.phases import FaultEvent, phase_stats, recovery
-from ftlocust.records import CANCELLED, OK, REJECTED, TRUNCATED, RequestRecord
+from ftlocust.records import CANCELLED, REJECTED, TRUNCATED
 from ftlocust.report import (
     EXTENDED_COLUMNS,
     SEED_COLUMNS,
