@@ -22,7 +22,7 @@ from typing import Any, Callable
 import gevent
 
 from ftlocust import checks as checks_module
-from ftlocust import evidence, phases, report
+from ftlocust import evidence, phases, plot, report
 from ftlocust.errors import ConfigError
 from ftlocust.faults import Fault, FaultContext, build_fault
 from ftlocust.records import RequestLog, RequestRecord
@@ -367,6 +367,13 @@ class Drill:
         )
         self.table = report.results_table([self.summary])
         report.write_artifacts(self.options.artifacts_dir, self.summary, self.table, verdicts)
+        try:
+            png = plot.timeline_png(self.records, fault_events, os.path.join(self.options.artifacts_dir, "timeline.png"),
+                                    title=f"{self.scenario.name}: requests over time")
+        except Exception as e:  # a picture must never cost the verdicts
+            log.error("drawing the timeline failed: %s", e)
+            png = None
+        report.write_html(self.options.artifacts_dir, self.summary, self.table, png)
         self.verdict_text = report.format_verdicts(verdicts)
         return 0 if self.summary["passed"] else 3
 

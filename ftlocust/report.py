@@ -197,3 +197,80 @@ def write_artifacts(
     with open(results_path, "w", encoding="utf-8") as f:
         f.write(table_text.rstrip("\n") + "\n\n" + format_verdicts(verdicts) + "\n")
     return {"summary": summary_path, "results": results_path}
+
+
+# --- report.html --------------------------------------------------------------------------------
+
+_PHASE_ROWS = (
+    ("count", "requests"), ("success", "ok"), ("failed", "failed"), ("cancelled", "cancelled"),
+    ("latency_mean_s", "latency mean (s)"), ("latency_p50_s", "latency p50 (s)"), ("latency_p99_s", "latency p99 (s)"),
+    ("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p99_s", "TTFT p99 (s)"), ("itl_p50_s", "ITL p50 (s)"),
+    ("tokens_per_s", "tokens / s"), ("cut_streams", "cut streams"),
+)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return MISSING
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3] + "Z"
+
+
+def write_html(dir: str, summary: Mapping, table_text: str, timeline_png: str | None = None) -> str:
+    """A self-contained `report.html`: verdicts, the results table, phases, recovery, faults and
+    the timeline picture (embedded, so the file can be mailed or attached to a CI run)."""
+    import base64
+    import html
+
+    esc = html.escape
+    checks = summary.get("checks") or []
+    verdict_rows = "".join(
+        f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{"PASS" if c["passed"] else "FAIL"}</td>'
+        f"<td>{esc(str(c['name']))}</td><td>{esc(str(c.get('detail') or ''))}</td></tr>"
+        for c in checks
+    )
+    phases = summary.get("phases") or {}
+    groups = [g for g in ("before", "spanning", "after", "all") if g in phases]
+    phase_rows = "".join(
+        f"<tr><th>{label}</th>" + "".join(f"<td>{format_cell((phases[g] or {}).get(key))}</td>" for g in groups) + "</tr>"
+        for key, label in _PHASE_ROWS
+    )
+    recovery = summary.get("recovery") or {}
+    recovery_rows = "".join(f"<tr><th>{esc(k)}</th><td>{format_cell(recovery.get(k))}</td></tr>" for k in RECOVERY_KEYS)
+    fault_rows = "".join(
+        f"<tr><td>{esc(str(f.get('name')))}</td><td>{esc(str(f.get('kind')))}</td><td>{esc(str(f.get('target')))}</td>"
+        f"<td>{_when(f.get('injected_at'))}</td><td>{_when(f.get('recovered_at'))}</td>"
+        f"<td>{esc(json.dumps(f.get('detail') or {}, default=str))}</td></tr>"
+        for f in summary.get("faults") or []
+    )
+    image = ""
+    if timeline_png and os.path.isfile(timeline_png):
+        with open(timeline_png, "rb") as f:
+            image = f'<img alt="timeline" src="data:image/png;base64,{base64.b64encode(f.read()).decode()}">'
+    passed = summary.get("passed")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ftlocust — {esc(str(summary.get('scenario')))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 0.9em; }}
+tr.pass td:first-child {{ color: #2e7d32; font-weight: bold; }} tr.fail td:first-child {{ color: #c62828; font-weight: bold; }}
+pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }}
+.verdict {{ font-size: 1.4em; font-weight: bold; color: {'#2e7d32' if passed else '#c62828'}; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{esc(str(summary.get('scenario')))}</h1>
+<p class="verdict">{'PASSED' if passed else 'FAILED'}: {sum(1 for c in checks if c['passed'])} of {len(checks)} checks</p>
+<table>{verdict_rows}</table>
+<h2>Results</h2><pre>{esc(table_text)}</pre>
+<h2>Timeline</h2>{image or '<p>no timeline</p>'}
+<h2>Phases</h2><table><tr><th></th>{''.join(f'<th>{g}</th>' for g in groups)}</tr>{phase_rows}</table>
+<h2>Recovery</h2><table>{recovery_rows}<tr><th>startup_s</th><td>{format_cell(summary.get('startup_s'))}</td></tr></table>
+<h2>Faults</h2><table><tr><th>name</th><th>kind</th><th>target</th><th>injected at</th><th>recovered at</th><th>detail</th></tr>{fault_rows}</table>
+</body></html>
+"""
+    path = os.path.join(dir, "report.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path

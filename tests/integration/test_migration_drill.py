@@ -71,7 +71,7 @@ def test_main_drill_passes_with_migration(tmp_path):
     probe = [r for r in records if r.client_id.endswith("/probe")]
     assert len(probe) == 1 and probe[0].outcome == "ok" and probe[0].output_tokens == probe[0].expected_tokens
     assert probe[0].token_check == "ok"
-    for name in ("results.txt", "test.log", "services/frontend/frontend.log",
+    for name in ("results.txt", "test.log", "report.html", "timeline.png", "services/frontend/frontend.log",
                  "services/frontend/frontend.metrics.before.txt", "services/frontend/frontend.metrics.after.txt"):
         assert (art / name).is_file(), name
     table = (art / "results.txt").read_text()
