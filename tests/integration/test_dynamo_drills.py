@@ -30,20 +30,12 @@ from pathlib import Path
 
 import pytest
 
-from ftlocust.dynamo_env import default_env_path, env_python, is_complete
+from ftlocust.dynamo_env import env_python
 from ftlocust.evidence import MetricsSnapshot
 from ftlocust.records import read_records
+from tests.support.dynamo import ENV_PATH, dynamo_marks
 
-ENV_PATH = default_env_path()
-pytestmark = [
-    pytest.mark.dynamo,
-    pytest.mark.integration,
-    pytest.mark.timeout(300),
-    pytest.mark.skipif(
-        not is_complete(ENV_PATH),
-        reason=f"no Dynamo environment at {ENV_PATH} (create it: python -m ftlocust.dynamo_env)",
-    ),
-]
+pytestmark = dynamo_marks(timeout_s=300)
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_LIMIT_S = 240  # a drill is ~15-30 s; this only bounds a hang

@@ -20,18 +20,10 @@ from pathlib import Path
 import pytest
 
 from ftlocust import evidence
-from ftlocust.dynamo_env import default_env_path, env_python, is_complete
+from ftlocust.dynamo_env import env_python
+from tests.support.dynamo import ENV_PATH, dynamo_marks
 
-ENV_PATH = default_env_path()
-pytestmark = [
-    pytest.mark.dynamo,
-    pytest.mark.integration,
-    pytest.mark.timeout(180),
-    pytest.mark.skipif(
-        not is_complete(ENV_PATH),
-        reason=f"no Dynamo environment at {ENV_PATH} (create it: python -m ftlocust.dynamo_env)",
-    ),
-]
+pytestmark = dynamo_marks(timeout_s=180)
 
 # Speedup 2 streams 100-350 tokens/s on 2 cores (contention decides): 500 tokens leave over a
 # second to act mid-stream (a kill lands milliseconds after the chunk we wait for).
