@@ -30,8 +30,8 @@ from typing import Any
 
 import gevent
 
-from ftlocust.errors import ConfigError
 from ftlocust.records import CANCELLED, TIMEOUT
+from ftlocust.validation import did_you_mean, error
 
 NONE = "none"
 BEFORE_FIRST_TOKEN = "before-first-token"
@@ -42,7 +42,7 @@ MODES = (NONE, BEFORE_FIRST_TOKEN, AFTER_CHUNKS, AFTER_MS)
 # before-first-token without headers to act on: cancel this long after the request was sent.
 PREFILL_CANCEL_DELAY_S = 0.02
 
-_EXPECTED = "expected none, before-first-token, after-chunks:N or after-ms:T, optionally followed by @fraction (0<f<=1)"
+_EXPECTED = "none, before-first-token, after-chunks:N or after-ms:T, optionally followed by @fraction (0<f<=1)"
 _SPEC_RE = re.compile(r"^(none|before-first-token|after-chunks|after-ms)(?::([^@]*))?(?:@(.*))?$")
 
 
@@ -53,40 +53,44 @@ class CancelPolicy:
     fraction: float = 1.0
 
     @classmethod
-    def parse(cls, spec: str | None) -> "CancelPolicy":
+    def parse(cls, spec: str | None, where: str = "--ft-cancel") -> "CancelPolicy":
+        """`spec` as written (`--ft-cancel`, a scenario's `load.cancel`, a user class's `cancel`);
+        a bad one is a one-line `ConfigError` naming `where` (ftlocust.validation's shape)."""
+        if spec is not None and not isinstance(spec, str):
+            raise error(where, _EXPECTED, spec)
         text = (spec or NONE).strip().lower()
         m = _SPEC_RE.match(text)
         if not m:
-            raise ConfigError(f"--ft-cancel: {_EXPECTED}, got {spec!r}")
+            raise error(where, _EXPECTED, spec, did_you_mean(text.split(":")[0].split("@")[0], MODES))
         mode, value_text, fraction_text = m.group(1), m.group(2), m.group(3)
         value: float | None = None
         if mode in (NONE, BEFORE_FIRST_TOKEN):
             if value_text is not None:
-                raise ConfigError(f"--ft-cancel: {mode} takes no value, got {spec!r}")
+                raise error(where, f"{mode} without a value", spec)
             if mode == NONE and fraction_text is not None:
-                raise ConfigError(f"--ft-cancel: none takes no @fraction, got {spec!r}")
+                raise error(where, "none without @fraction", spec)
         elif mode == AFTER_CHUNKS:
             try:
                 value = int(value_text or "")
             except ValueError:
-                raise ConfigError(f"--ft-cancel: after-chunks:N needs an integer N >= 1, got {spec!r}") from None
+                value = 0
             if value < 1:
-                raise ConfigError(f"--ft-cancel: after-chunks:N needs an integer N >= 1, got {spec!r}")
+                raise error(where, "after-chunks:N with an integer N >= 1", spec)
         else:
             try:
                 value = float(value_text or "")
             except ValueError:
-                raise ConfigError(f"--ft-cancel: after-ms:T needs milliseconds T >= 0, got {spec!r}") from None
+                value = -1.0
             if not 0 <= value < float("inf"):
-                raise ConfigError(f"--ft-cancel: after-ms:T needs milliseconds T >= 0, got {spec!r}")
+                raise error(where, "after-ms:T with milliseconds T >= 0", spec)
         fraction = 1.0
         if fraction_text is not None:
             try:
                 fraction = float(fraction_text)
             except ValueError:
-                raise ConfigError(f"--ft-cancel: @fraction must be a number with 0 < f <= 1, got {spec!r}") from None
+                fraction = 0.0
             if not 0 < fraction <= 1:
-                raise ConfigError(f"--ft-cancel: @fraction must be a number with 0 < f <= 1, got {spec!r}")
+                raise error(where, "@fraction with 0 < f <= 1", spec)
         return cls(mode=mode, value=value, fraction=fraction)
 
     @property
@@ -138,12 +142,14 @@ class InFlight:
     geventhttpclient does so itself on the error the shutdown causes, and `release()` is idempotent.
     """
 
-    __slots__ = ("sock", "reason", "finished")
+    __slots__ = ("sock", "reason", "finished", "reused", "fresh_only")
 
     def __init__(self) -> None:
         self.sock: Any = None
         self.reason: str | None = None  # CANCELLED or TIMEOUT once ended on purpose
         self.finished = False  # the HTTP message was read to its end: nothing to cancel any more
+        self.reused = False  # the pool gave it a kept-alive connection (not a new one)
+        self.fresh_only = False  # only a new connection will do (the retry after a stale one)
 
     def attach(self, sock: Any) -> None:
         """The pool handed this request a socket; if it was already ended, shut it down now."""
@@ -214,11 +220,14 @@ def cancel_timer(delay_s: float, inflight: InFlight) -> Timer:
 
 
 class SocketTracker:
-    """Tells each in-flight request which socket the connection pool gave it.
+    """Tells each in-flight request which socket the connection pool gave it, and whether it
+    was a kept-alive one.
 
-    Wraps `get_socket` of the geventhttpclient connection pool behind a FastHttpSession, so a
-    timer can shut a request's socket down even while the request waits for its headers (before
-    any response object exists). Keyed by greenlet, so a pool shared by users also works.
+    Wraps `get_socket` (and `_create_socket`) of the geventhttpclient connection pool behind a
+    FastHttpSession, so a timer can shut a request's socket down even while the request waits
+    for its headers (before any response object exists), and a request that must go out on a
+    new connection (`InFlight.fresh_only`) gets one: kept-alive sockets are closed instead.
+    Keyed by greenlet, so a pool shared by users also works.
     """
 
     def __init__(self) -> None:
@@ -233,16 +242,30 @@ class SocketTracker:
         if getattr(pool, "_ftlocust_tracked", False):
             return
         original = pool.get_socket
+        original_create = pool._create_socket
         current = self._current
 
         def get_socket():
-            sock = original()
             inflight = current.get(gevent.getcurrent())
-            if inflight is not None:
-                inflight.attach(sock)
+            if inflight is None:
+                return original()
+            for attempt in range(pool.size + 1):  # each round closes one idle socket of the pool
+                inflight.reused = True  # unless create_socket() below runs
+                sock = original()
+                if not (inflight.reused and inflight.fresh_only) or attempt == pool.size:
+                    break
+                pool.release_socket(sock)
+            inflight.attach(sock)
             return sock
 
+        def create_socket():
+            inflight = current.get(gevent.getcurrent())
+            if inflight is not None:
+                inflight.reused = False
+            return original_create()
+
         pool.get_socket = get_socket
+        pool._create_socket = create_socket
         pool._ftlocust_tracked = True
 
     def begin(self, inflight: InFlight) -> None:
@@ -250,6 +273,11 @@ class SocketTracker:
 
     def end(self) -> None:
         self._current.pop(gevent.getcurrent(), None)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this process between begin() and end() right now."""
+        return len(self._current)
 
 
 # One per process: every user's pools report to it, whoever shares which pool.

@@ -4,7 +4,21 @@ A scenario lists checks as data, e.g. `{"check": "success_ratio", "phase": "afte
 or just `"no_truncated_streams"`. `build_checks` validates them before any load starts (unknown
 check, unknown or missing field, wrong type, unknown phase or metric → one-line `ConfigError`);
 `evaluate` runs them and never raises: a check that breaks becomes a failed verdict.
-Every spec may carry `title` to replace the generated verdict name.
+Every spec may carry `title` to replace the generated verdict name, and `allow_empty`.
+
+A verdict over nothing is not a pass: a check whose set to judge is empty (no request in the
+phase — no ok/failed one for a ratio or a latency —, no stream after the fault, no log file or
+an empty one, no sample of the metric before or after, no cancelled request) fails with a detail starting `empty:`, unless the spec says
+`allow_empty: true`. Then emptiness alone fails nothing: the check is decided on what it has
+(a ratio or a "no X" over nothing passes; a check that needs something — `min_failures`, a
+`metric_increased` with `min_delta` > 0 — still fails).
+
+`evaluate` also gives the built-in verdicts first (`builtin_verdicts`): every planned fault
+injected, every rollback succeeded, no load generator lost.
+
+Evidence that arrives late is waited for, bounded: `log_pattern` (present) polls the log up to
+`within_s`; `metric_increased` re-scrapes (`RunResult.scrape`) up to `within_s` until its delta
+is met. All waiting of one `evaluate` shares `RunResult.wait_budget_s`.
 
 New kinds plug in with `register_check(kind, fields, label)` on a `(params, result) ->
 (passed, detail)` function.
@@ -12,20 +26,40 @@ New kinds plug in with `register_check(kind, fields, label)` on a `(params, resu
 
 from __future__ import annotations
 
-import difflib
+import datetime
 import fnmatch
+import math
+import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from ftlocust.errors import ConfigError
-from ftlocust.evidence import BENIGN_LOG_LINES, MetricsSnapshot, family_base, log_files, scan_log
-from ftlocust.phases import ALL, STAT_GROUPS, FaultEvent, classify, group_records, phase_stats, recovery
+from ftlocust.evidence import BENIGN_LOG_LINES, MetricsSnapshot, family_base, log_files, scan_log, wait_for_line
+from ftlocust.phases import (
+    ALL,
+    CLIENT_RECOVERY_KEYS,
+    DEFAULT_LATENCY_FACTOR,
+    DEFAULT_TOLERANCE,
+    DEFAULT_WINDOW_S,
+    INJECTED,
+    NOT_FIRED,
+    STAT_GROUPS,
+    FaultEvent,
+    analyse,
+    classify,
+    group_records,
+)
 from ftlocust.records import AFTER, CANCELLED, FAILURE_OUTCOMES, OK, SPANNING, TRUNCATED, RequestRecord
 
-RECOVERY_METRICS = ("time_to_first_success_s", "disruption_window_s", "time_to_steady_state_s", "server_recovery_s")
+RECOVERY_METRICS = (*CLIENT_RECOVERY_KEYS, "server_recovery_s")
 
 _EPS = 1e-9
+DEFAULT_WITHIN_S = 10.0  # how long a late log line / counter is waited for, per check
+DEFAULT_WAIT_BUDGET_S = 30.0  # all waiting of one evaluate()
+_POLL_LOG_S = 0.1
+_POLL_METRICS_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,127 +74,153 @@ class Verdict:
 
 @dataclass
 class RunResult:
-    """What checks read. `phases` is `phase_stats(...)`, `recovery` is `recovery(...)` (plus
-    `server_recovery_s` when the hooks measured it); snapshots and logs are keyed by role."""
+    """What checks read.
+
+    - `faults`: every planned fault in the scenario's order, injected or not (`FaultEvent.status`);
+      `fault_time`, `phases`, `recovery` are against the first injected one (`phases.analyse`),
+      `per_fault` its per-fault entries; `recovery` carries `server_recovery_s`.
+    - snapshots and logs keyed by role; `scrape()` (optional) takes fresh `/metrics` snapshots
+      of every role, for checks that wait for a counter.
+    - `rollbacks`: one dict per rollback step that ran: {fault, action, at, ok, error}.
+    - `lost_workers`: one dict per Locust worker lost mid-run: {worker, lost_at, in_flight, unsent}.
+    - `wait_budget_s`: the most all checks of one `evaluate` may wait in total.
+    """
 
     records: list[RequestRecord] = field(default_factory=list)
     fault_time: float | None = None
     faults: list[FaultEvent] = field(default_factory=list)
     phases: dict = field(default_factory=dict)
     recovery: dict = field(default_factory=dict)
+    per_fault: list[dict] = field(default_factory=list)
     metrics_before: dict[str, MetricsSnapshot] = field(default_factory=dict)
     metrics_after: dict[str, MetricsSnapshot] = field(default_factory=dict)
     log_paths: dict[str, str] = field(default_factory=dict)
     expected_tokens: int | None = None
+    rollbacks: list[dict] = field(default_factory=list)
+    lost_workers: list[dict] = field(default_factory=list)
+    scrape: Callable[[], dict[str, MetricsSnapshot]] | None = None
+    wait_budget_s: float = DEFAULT_WAIT_BUDGET_S
+    wait_deadline: float | None = field(default=None, repr=False, compare=False)  # set by evaluate()
+
+    @classmethod
+    def from_analysis(cls, analysis: Mapping, faults: Iterable[FaultEvent], **rest: Any) -> "RunResult":
+        """A result from `phases.analyse(...)` and the planned faults it was computed from."""
+        return cls(
+            fault_time=analysis["fault_time"],
+            faults=list(faults),
+            phases=analysis["phases"],
+            recovery=analysis["recovery"],
+            per_fault=analysis["per_fault"],
+            **rest,
+        )
 
     @classmethod
     def from_records(
         cls,
         records: Iterable[RequestRecord],
         faults: Iterable[FaultEvent] = (),
-        window_s: float = 5.0,
-        tolerance: float = 0.05,
+        window_s: float = DEFAULT_WINDOW_S,
+        tolerance: float = DEFAULT_TOLERANCE,
+        latency_factor: float = DEFAULT_LATENCY_FACTOR,
+        server_recovery: Mapping[str, float | None] | None = None,
         **rest: Any,
     ) -> "RunResult":
-        """Compute fault_time (first fault), phases and recovery from the records."""
+        """Run `phases.analyse` on the records and planned faults (scenario order kept)."""
         records = list(records)
-        faults = sorted(faults, key=lambda f: f.injected_at)
-        fault_time = faults[0].injected_at if faults else None
-        return cls(
-            records=records,
-            fault_time=fault_time,
-            faults=faults,
-            phases=phase_stats(records, fault_time),
-            recovery=recovery(records, fault_time, window_s, tolerance),
-            **rest,
+        faults = list(faults)
+        analysis = analyse(records, faults, server_recovery, window_s, tolerance, latency_factor)
+        return cls.from_analysis(analysis, faults, records=records, **rest)
+
+
+# --- built-in verdicts ------------------------------------------------------------------------
+
+FAULTS_INJECTED = "every fault injected"
+ROLLBACKS_OK = "every rollback succeeded"
+NO_WORKER_LOST = "no load generator lost"
+
+
+def _clock(ts: Any) -> str:
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        return "?"
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3] + "Z"
+
+
+def builtin_verdicts(result: RunResult) -> list[Verdict]:
+    """Verdicts every run gets, whatever its scenario says:
+
+    - `every fault injected` (absent when the scenario has no fault): fails when a planned fault
+      failed to inject or never fired, naming it and why;
+    - `every rollback succeeded` (absent when no rollback ran): fails when one failed;
+    - `no load generator lost` (always): fails when a Locust worker was lost mid-run, naming
+      it, when, how many requests it had in flight and how much of its budget went unsent.
+    """
+    verdicts = []
+    if result.faults:
+        missed = [f for f in result.faults if f.status != INJECTED]
+        names = ", ".join(f.name for f in result.faults if f.status == INJECTED)
+        n = len(result.faults)
+        if missed:
+            why = "; ".join(
+                f"{f.name} {'not fired' if f.status == NOT_FIRED else 'not injected'}: {f.error or 'no reason given'}"
+                for f in missed
+            )
+            verdicts.append(Verdict(FAULTS_INJECTED, False, f"{n - len(missed)} of {n} injected; {why}"))
+        else:
+            verdicts.append(Verdict(FAULTS_INJECTED, True, f"{n} of {n} injected: {names}"))
+    if result.rollbacks:
+        bad = [r for r in result.rollbacks if not r.get("ok")]
+        if bad:
+            why = "; ".join(
+                f"{r.get('fault', '?')}: {r.get('action', 'rollback')} failed at {_clock(r.get('at'))}: "
+                f"{r.get('error') or 'no reason given'}"
+                for r in bad
+            )
+            verdicts.append(Verdict(ROLLBACKS_OK, False, f"{len(bad)} of {len(result.rollbacks)} failed: {why}"))
+        else:
+            done = ", ".join(f"{r.get('fault', '?')} ({r.get('action', 'rollback')})" for r in result.rollbacks)
+            verdicts.append(Verdict(ROLLBACKS_OK, True, f"{len(result.rollbacks)} ok: {done}"))
+    if result.lost_workers:
+        why = "; ".join(
+            f"{w.get('worker', '?')} lost at {_clock(w.get('lost_at'))} with {w.get('in_flight', '?')} request(s) "
+            f"in flight and {w.get('unsent', '?')} of its budget unsent"
+            for w in result.lost_workers
         )
+        verdicts.append(Verdict(NO_WORKER_LOST, False, f"{len(result.lost_workers)} lost: {why}"))
+    else:
+        verdicts.append(Verdict(NO_WORKER_LOST, True, "none lost"))
+    return verdicts
 
 
 # --- metric catalog -------------------------------------------------------------------------
 
-# Names the Dynamo dialect exposes (reference/dynamo-local.md §3, dynamo-ft-suite.md §7.5); the
-# reference deployment speaks the same dialect. Stored by family base (no `_total` etc.).
-_DYNAMO_METRICS = [
-    *(
-        "dynamo_frontend_" + n
-        for n in (
-            "requests_total", "requests_started_total", "inflight_requests", "active_requests",
-            "queued_requests", "failures_total", "disconnected_clients",
-            "time_to_first_token_seconds", "inter_token_latency_seconds", "request_duration_seconds",
-            "input_sequence_tokens", "output_sequence_tokens", "output_tokens_total", "cached_tokens",
-            "model_migration_limit", "model_ready", "model_context_length", "model_kv_cache_block_size",
-            "model_max_num_batched_tokens", "model_max_num_seqs", "model_total_kv_blocks",
-            "stage_duration_seconds", "stage_requests", "template_seconds", "tokenize_seconds",
-            "tokenizer_latency_ms", "detokenize_token_count", "detokenize_total_us",
-            "event_loop_delay_seconds", "event_loop_stall_total",
-            "worker_last_time_to_first_token_seconds", "worker_last_inter_token_latency_seconds",
-            "worker_last_input_sequence_tokens",
-            "images_per_request", "image_tokens_per_request", "videos_per_request", "audio_per_request",
-            "model_migration_total", "model_migration_duration_seconds",
-            "model_migration_max_seq_len_exceeded_total", "model_cancellation_total",
-            "model_rejection_total",
-        )
-    ),
-    *(
-        "dynamo_component_" + n
-        for n in (
-            "requests_total", "inflight_requests", "cancellation_total", "request_duration_seconds",
-            "request_bytes_total", "response_bytes_total", "uptime_seconds",
-            "kv_publisher_engines_dropped_events_total",
-        )
-    ),
-    *(
-        "dynamo_component_router_" + n
-        for n in (
-            "requests_total", "requests_started_total", "time_to_first_token_seconds",
-            "inter_token_latency_seconds", "input_sequence_tokens", "output_sequence_tokens", "kv_hit_rate",
-        )
-    ),
-    *(
-        "dynamo_router_" + n
-        for n in (
-            "requests_total", "time_to_first_token_seconds", "inter_token_latency_seconds",
-            "input_sequence_tokens", "output_sequence_tokens", "kv_hit_rate",
-        )
-    ),
-    "dynamo_request_plane_inflight_requests", "dynamo_request_plane_queue_seconds",
-    "dynamo_request_plane_send_seconds", "dynamo_request_plane_roundtrip_ttft_seconds",
-    "dynamo_transport_tcp_errors_total", "dynamo_transport_tcp_bytes_sent_total",
-    "dynamo_transport_tcp_bytes_received_total", "dynamo_transport_tcp_accept_backoff_total",
-    "dynamo_engine_request", "dynamo_request_queue", "dynamo_rejection_request_total",
-    *(
-        "vllm:" + n
-        for n in (
-            "num_requests_running", "num_requests_waiting", "time_to_first_token_seconds",
-            "inter_token_latency_seconds", "e2e_request_latency_seconds", "request_latency_seconds",
-            "kv_cache_usage_perc", "gpu_cache_usage_perc", "num_preemptions_total",
-            "nixl_num_kv_expired_reqs",
-        )
-    ),
-]
-# Families documented only by prefix.
-_DYNAMO_METRIC_PATTERNS = [
-    "dynamo_frontend_tokenizer_cache_*",
-    "dynamo_component_router_*",
-    "dynamo_router_overhead_*_ms",
-    "dynamo_tokio_*",
-    "dynamo_work_handler_*",
-    "process_*",  # prometheus_client's default collectors
-    "python_*",
-]
+# Names (and fnmatch patterns) targets register; Dynamo's catalogue lives with its target
+# (`ftlocust.targets.dynamo_metrics`) and is loaded on first use.
+KNOWN_METRICS: set[str] = set()
+KNOWN_METRIC_PATTERNS: list[str] = []
+_catalogue_loaded = False
 
-KNOWN_METRICS: set[str] = set(_DYNAMO_METRICS)
-KNOWN_METRIC_PATTERNS: list[str] = list(_DYNAMO_METRIC_PATTERNS)
+
+def _ensure_catalogue() -> None:
+    global _catalogue_loaded
+    if not _catalogue_loaded:
+        _catalogue_loaded = True
+        from ftlocust.targets import dynamo_metrics
+
+        dynamo_metrics.register()
 
 
 def register_metrics(*names: str) -> None:
     """Add metric names (or fnmatch patterns with `*`) a target exposes to the catalog."""
     for n in names:
-        (KNOWN_METRIC_PATTERNS.append if "*" in n else KNOWN_METRICS.add)(n)
+        if "*" not in n:
+            KNOWN_METRICS.add(n)
+        elif n not in KNOWN_METRIC_PATTERNS:
+            KNOWN_METRIC_PATTERNS.append(n)
 
 
 def is_known_metric(name: str) -> bool:
     """In the catalog, with or without a sample suffix (`_total`, `_count`, `_bucket`, ...)."""
+    _ensure_catalogue()
     base = family_base(name)
     return base in {family_base(n) for n in KNOWN_METRICS} or any(
         fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(base, p) for p in KNOWN_METRIC_PATTERNS
@@ -194,6 +254,8 @@ class CheckType:
 CHECK_TYPES: dict[str, CheckType] = {}
 
 _TITLE_FIELD = Field("title", "str")
+# Every kind: judging nothing fails unless the spec allows it (see the module docstring).
+_ALLOW_EMPTY_FIELD = Field("allow_empty", "bool", default=False)
 
 # Unknown fields that are a known slip for another: (kind, written) -> meant.
 _FIELD_HINTS = {("metric_increased", "metric"): "name"}
@@ -203,50 +265,48 @@ def register_check(kind: str, fields: Iterable[Field], label: Callable[[dict], s
     """Decorator registering `run(params, result) -> (passed, detail)` as check `kind`."""
 
     def deco(run):
-        CHECK_TYPES[kind] = CheckType(kind, {f.name: f for f in (*fields, _TITLE_FIELD)}, label, run)
+        CHECK_TYPES[kind] = CheckType(kind, {f.name: f for f in (*fields, _TITLE_FIELD, _ALLOW_EMPTY_FIELD)}, label, run)
         return run
 
     return deco
 
 
-def _type_error(f: Field, value: Any) -> str | None:
-    """Why `value` is wrong for field `f`, or None when it is right."""
+def _type_error(f: Field, value: Any, where: str) -> ConfigError | None:
+    """The error for `value` in field `f` (the field's path `where`), or None when it is right."""
+    from ftlocust import validation as v
+
     t = f.type
-    if t == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return "must be a number"
-    elif t == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            return "must be an integer"
-    elif t == "bool":
-        if not isinstance(value, bool):
-            return "must be true or false"
-    elif t == "str":
-        if not isinstance(value, str) or not value:
-            return "must be a non-empty string"
-    elif t == "labels":
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, (str, int, float)) and not isinstance(v, bool)
-            for k, v in value.items()
-        ):
-            return "must be a mapping of label name to value"
-    elif t == "str_list":
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            return "must be a list of strings"
-    else:  # pragma: no cover - a registration mistake, not user input
-        raise AssertionError(f"unknown field type {t}")
-    if f.choices is not None and value not in f.choices:
-        return "must be one of " + ", ".join(map(str, f.choices))
-    if f.min is not None and value < f.min:
-        return f"must be >= {f.min}" if f.max is None else f"must be between {f.min} and {f.max}"
-    if f.max is not None and value > f.max:
-        return f"must be <= {f.max}" if f.min is None else f"must be between {f.min} and {f.max}"
+    try:
+        if t == "number":
+            v.number(value, where, minimum=f.min, maximum=f.max)
+        elif t == "int":
+            v.number(value, where, integer=True, minimum=f.min, maximum=f.max)
+        elif t == "bool":
+            v.boolean(value, where)
+        elif t == "str":
+            v.string(value, where)
+        elif t == "labels":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(x, (str, int, float)) and not isinstance(x, bool)
+                for k, x in value.items()
+            ):
+                return v.error(where, "a mapping of label name to value", value)
+        elif t == "str_list":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+                return v.error(where, "a list of strings", value)
+        else:  # pragma: no cover - a registration mistake, not user input
+            raise AssertionError(f"unknown field type {t}")
+        if f.choices is not None:
+            v.choice(value, where, f.choices)
+    except ConfigError as e:
+        return e
     return None
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    from ftlocust.validation import did_you_mean  # the one implementation (kept for _validate_extra)
+
+    return did_you_mean(word, options)
 
 
 @dataclass
@@ -264,20 +324,18 @@ class Check:
 
 
 def build_check(spec: Mapping | str, where: str = "check") -> Check:
+    """One spec (a check name, or a mapping with `check`) → `Check`; a bad one is a one-line
+    `ConfigError` in `ftlocust.validation`'s shape, naming the field's path below `where`."""
+    from ftlocust import validation as v
+
     if isinstance(spec, str):
         spec = {"check": spec}
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where}: expected a check name or a mapping with 'check', got {type(spec).__name__}")
-    kind = spec.get("check")
-    if not isinstance(kind, str) or not kind:
-        raise ConfigError(f"{where}: missing field 'check' (the check's kind, e.g. success_ratio)")
-    ctype = CHECK_TYPES.get(kind)
-    if ctype is None:
-        raise ConfigError(
-            f"{where}: unknown check '{kind}' (known: {', '.join(sorted(CHECK_TYPES))}"
-            f"{_did_you_mean(kind, CHECK_TYPES)})"
-        )
-    here = f"{where} ({kind})"
+        raise v.error(where, "a check name or a mapping with 'check'", spec)
+    if "check" not in spec:
+        raise v.missing(v.at(where, "check"), "the check's kind, e.g. success_ratio")
+    kind = v.choice(spec["check"], v.at(where, "check"), sorted(CHECK_TYPES))
+    ctype = CHECK_TYPES[kind]
     params: dict[str, Any] = {}
     for key, value in spec.items():
         if key == "check":
@@ -285,20 +343,19 @@ def build_check(spec: Mapping | str, where: str = "check") -> Check:
         f = ctype.fields.get(key)
         if f is None:
             meant = _FIELD_HINTS.get((kind, key))
-            hint = f"; did you mean '{meant}'?" if meant else _did_you_mean(str(key), ctype.fields)
-            raise ConfigError(f"{here}: unknown field '{key}' (expected: {', '.join(sorted(ctype.fields))}{hint})")
-        why = _type_error(f, value)
-        if why:
-            raise ConfigError(f"{here}: field '{key}' {why}, got {value!r}")
+            raise v.unknown_field(where, key, ctype.fields, f"; did you mean '{meant}'?" if meant else None)
+        error = _type_error(f, value, v.at(where, str(key)))
+        if error is not None:
+            raise error
         params[key] = value
     for f in ctype.fields.values():
         if f.name not in params:
             if f.required:
-                raise ConfigError(f"{here}: missing field '{f.name}' ({f.type})")
+                raise v.missing(v.at(where, f.name))
             params[f.name] = f.default
     if "labels" in params and params["labels"] is not None:
-        params["labels"] = {k: str(v) for k, v in params["labels"].items()}
-    _validate_extra(kind, params, here)
+        params["labels"] = {k: str(x) for k, x in params["labels"].items()}
+    _validate_extra(kind, params, f"{where} ({kind})")
     title = params.pop("title") or ctype.label(params)
     return Check(name=title, kind=kind, params=params)
 
@@ -323,6 +380,7 @@ def _validate_extra(kind: str, params: dict, here: str) -> None:
 def build_checks(specs: Iterable[Mapping | str] | None, where: str = "checks") -> list[Check]:
     """Validate and build every spec; the first bad one raises `ConfigError` naming
     `where[i]`, the check kind and the field."""
+    _ensure_catalogue()
     if specs is None:
         return []
     if isinstance(specs, (str, Mapping)):
@@ -330,9 +388,12 @@ def build_checks(specs: Iterable[Mapping | str] | None, where: str = "checks") -
     return [build_check(spec, f"{where}[{i}]") for i, spec in enumerate(specs)]
 
 
-def evaluate(checks: Iterable[Check], result: RunResult) -> list[Verdict]:
-    """Run every check; one that raises becomes a failed verdict carrying the error."""
-    verdicts = []
+def evaluate(checks: Iterable[Check], result: RunResult, builtin: bool = True) -> list[Verdict]:
+    """The built-in verdicts (`builtin_verdicts`, unless `builtin` is False), then every check;
+    one that raises becomes a failed verdict carrying the error. Checks that wait share
+    `result.wait_budget_s` from here on."""
+    result.wait_deadline = time.monotonic() + max(0.0, result.wait_budget_s)
+    verdicts = builtin_verdicts(result) if builtin else []
     for check in checks:
         try:
             verdicts.append(check.evaluate(result))
@@ -346,6 +407,19 @@ def all_passed(verdicts: Iterable[Verdict]) -> bool:
 
 
 # --- helpers for check bodies -----------------------------------------------------------------
+
+
+def _empty(p: dict, what: str) -> tuple[bool, str] | None:
+    """The verdict for an empty set: a failure unless `allow_empty`; None means "decide on"."""
+    if p.get("allow_empty"):
+        return None
+    return False, f"empty: {what} (set allow_empty: true to accept that)"
+
+
+def _wait_for(result: RunResult, within_s: float) -> float:
+    """How long a check may still wait: `within_s`, capped by what is left of the run's budget."""
+    left = math.inf if result.wait_deadline is None else result.wait_deadline - time.monotonic()
+    return max(0.0, min(within_s, left))
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -392,7 +466,8 @@ def _success_ratio(p: dict, result: RunResult) -> tuple[bool, str]:
     s = _phase(result, p["phase"])
     decided = s["success"] + s["failed"]
     if decided == 0:
-        return False, f"no ok or failed request in phase '{p['phase']}'"
+        return _empty(p, f"no ok or failed request in phase '{p['phase']}'") or (
+            True, f"no ok or failed request in phase '{p['phase']}' (allow_empty)")
     ratio = s["success"] / decided
     detail = f"{p['phase']}: {s['success']}/{decided} ok = {ratio:.4f} (min {p['min']}); failed: {_failure_breakdown(s)}"
     return ratio >= p["min"] - _EPS, detail
@@ -410,8 +485,23 @@ def _success_ratio(p: dict, result: RunResult) -> tuple[bool, str]:
 def _max_recovery(p: dict, result: RunResult) -> tuple[bool, str]:
     value = result.recovery.get(p["metric"])
     if value is None:
-        return bool(p["allow_missing"]), f"{p['metric']} not measured (no recovery observed)"
+        why = "no fault injected" if result.recovery.get("fault_time", result.fault_time) is None else _unmeasured_why(
+            p["metric"], result.recovery)
+        return bool(p["allow_missing"] or p.get("allow_empty")), f"{p['metric']} not measured ({why})"
     return value <= p["max_s"] + _EPS, f"{p['metric']} = {value:.3f}s (max {p['max_s']}s)"
+
+
+def _unmeasured_why(metric: str, rec: Mapping) -> str:
+    """Why a recovery figure is None: the first figure in the chain that never happened."""
+    if metric == "server_recovery_s":
+        return "the server view never saw the component serve again"
+    if rec.get("time_to_first_success_s") is None:
+        return "no request started after the fault succeeded"
+    if rec.get("time_to_sustained_success_s") is None:
+        return "the success ratio never stayed above its threshold"
+    if rec.get("latency_baseline_s") is None:
+        return "no successful request before the fault: no latency baseline"
+    return "latency / TTFT never stayed back within the factor"
 
 
 @register_check(
@@ -420,9 +510,14 @@ def _max_recovery(p: dict, result: RunResult) -> tuple[bool, str]:
     label=lambda p: "no_truncated_streams" + ("" if p["phase"] == ALL else f"[{p['phase']}]"),
 )
 def _no_truncated_streams(p: dict, result: RunResult) -> tuple[bool, str]:
-    cut = [r for r in _records_in(result, p["phase"]) if r.outcome == TRUNCATED]
+    streams = [r for r in _records_in(result, p["phase"]) if r.stream and r.outcome != CANCELLED]
+    if not streams:
+        empty = _empty(p, f"no stream (not cancelled) in phase '{p['phase']}'")
+        if empty:
+            return empty
+    cut = [r for r in streams if r.outcome == TRUNCATED]
     if not cut:
-        return True, "no truncated stream"
+        return True, f"no truncated stream of {len(streams)}"
     shown = ", ".join(_request_label(r) for r in cut[:3]) + (" …" if len(cut) > 3 else "")
     return False, f"{len(cut)} truncated: {shown}"
 
@@ -436,10 +531,15 @@ def _no_truncated_streams(p: dict, result: RunResult) -> tuple[bool, str]:
         Field("min_delta", "number", default=1),
         Field("max_delta", "number", default=None),
         Field("allow_unknown_metric", "bool", default=False),
+        Field("within_s", "number", default=DEFAULT_WITHIN_S, min=0),
     ],
     label=lambda p: f"metric_increased[{p['role']}] {p['name']}{_labels_text(p['labels'])} by >= {_fmt(p['min_delta'])}",
 )
 def _metric_increased(p: dict, result: RunResult) -> tuple[bool, str]:
+    """after - before within [min_delta, max_delta]. While the increase is short of min_delta
+    and `result.scrape` is set, re-scrape (every 0.5 s, up to `within_s`, within the run's wait
+    budget): a counter the server bumps when it next gets to it. The snapshot used replaces
+    `result.metrics_after[role]`."""
     role, metric, labels = p["role"], p["name"], p["labels"] or {}
     snaps = []
     for when, table in (("before", result.metrics_before), ("after", result.metrics_after)):
@@ -450,12 +550,35 @@ def _metric_increased(p: dict, result: RunResult) -> tuple[bool, str]:
         if snap.error:
             return False, f"/metrics {when} for role '{role}' failed: {snap.error}"
         snaps.append(snap)
-    before, after = (s.value(metric, **labels) for s in snaps)
+    before_snap, after_snap = snaps
+    before = before_snap.value(metric, **labels)
+
+    def short(after: MetricsSnapshot) -> bool:
+        return after.value(metric, **labels) - before < p["min_delta"] - _EPS
+
+    waited = 0.0
+    if short(after_snap) and result.scrape is not None:
+        budget = _wait_for(result, p["within_s"])
+        started = time.monotonic()
+        while short(after_snap) and time.monotonic() - started + _POLL_METRICS_S <= budget + _EPS:
+            time.sleep(_POLL_METRICS_S)
+            fresh = (result.scrape() or {}).get(role)
+            if fresh is not None and not fresh.error:
+                after_snap = result.metrics_after[role] = fresh
+        waited = time.monotonic() - started
+    after = after_snap.value(metric, **labels)
     change = after - before
+    series = before_snap.has(metric, **labels) or after_snap.has(metric, **labels)
+    text = f"{role} {metric}{_labels_text(labels)}"
+    if not series:
+        empty = _empty(p, f"{text}: no such series before or after the run")
+        if empty:
+            return empty
     ok = change >= p["min_delta"] - _EPS and (p["max_delta"] is None or change <= p["max_delta"] + _EPS)
     bound = f"min +{_fmt(p['min_delta'])}" + ("" if p["max_delta"] is None else f", max +{_fmt(p['max_delta'])}")
-    seen = "" if snaps[1].has(metric, **labels) else " (no such series after the run)"
-    return ok, f"{role} {metric}{_labels_text(labels)}: {_fmt(before)} -> {_fmt(after)} ({bound}){seen}"
+    seen = "" if after_snap.has(metric, **labels) else " (no such series after the run)"
+    late = f", re-scraped for {waited:.1f}s" if waited else ""
+    return ok, f"{text}: {_fmt(before)} -> {_fmt(after)} ({bound}){seen}{late}"
 
 
 @register_check(
@@ -466,25 +589,52 @@ def _metric_increased(p: dict, result: RunResult) -> tuple[bool, str]:
         Field("present", "bool", default=True),
         Field("regex", "bool", default=False),
         Field("ignore", "str_list", default=BENIGN_LOG_LINES),
+        Field("within_s", "number", default=DEFAULT_WITHIN_S, min=0),
     ],
     label=lambda p: f"log[{p['role']}] {'has' if p['present'] else 'lacks'} {p['pattern']!r}",
 )
 def _log_pattern(p: dict, result: RunResult) -> tuple[bool, str]:
+    """A present pattern is polled for up to `within_s` (within the run's wait budget): a
+    component may write the line when it next gets to it. An absent one is judged at once."""
     role = p["role"]
     # A glob role ("worker-*") reads every matching role's log: which worker served (or was
     # faulted) is only known at run time.
     roles = sorted(r for r in result.log_paths if fnmatch.fnmatchcase(r, role)) if _is_glob(role) else [role]
     paths = [result.log_paths[r] for r in roles if r in result.log_paths]
     if not paths:
-        return False, f"no log for role '{role}' (have: {', '.join(sorted(result.log_paths)) or 'none'})"
+        return _empty(p, f"no log for role '{role}' (have: {', '.join(sorted(result.log_paths)) or 'none'})") or (
+            not p["present"], f"no log for role '{role}' (allow_empty)")
     files = [f for path in paths for f in log_files(path)]
     if not files:
-        return False, f"log of '{role}' not found: {', '.join(paths)}"
+        return _empty(p, f"log of '{role}' not found: {', '.join(paths)}") or (
+            not p["present"], f"log of '{role}' not found (allow_empty)")
+    waited = ""
+    if p["present"]:
+        budget = _wait_for(result, p["within_s"])
+        started = time.monotonic()
+        line = wait_for_line(files, p["pattern"], p["ignore"], p["regex"], timeout_s=budget, interval_s=_POLL_LOG_S)
+        if line is not None and time.monotonic() - started > _POLL_LOG_S:
+            waited = f" (after waiting {time.monotonic() - started:.1f}s)"
     hits = [line for f in files for line in scan_log(f, p["pattern"], p["ignore"], p["regex"])]
+    if p["present"] and not hits and line is not None:
+        hits = [line]  # written between the poll and the scan, without its newline yet
+    if not hits and not any(_size(f) for f in files):
+        empty = _empty(p, f"log of '{role}' is empty: {', '.join(files)}")
+        if empty:
+            return empty
     first = (hits[0][:200] + ("…" if len(hits[0]) > 200 else "")) if hits else ""
     if p["present"]:
-        return (True, f"{len(hits)} line(s), first: {first}") if hits else (False, f"not found in {', '.join(files)}")
+        if hits:
+            return True, f"{len(hits)} line(s){waited}, first: {first}"
+        return False, f"not found in {', '.join(files)} (waited {_fmt(budget, 1)}s)"
     return (False, f"{len(hits)} line(s), first: {first}") if hits else (True, "not found, as expected")
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _is_glob(role: str) -> bool:
@@ -504,6 +654,10 @@ def _streams_complete_after_fault(p: dict, result: RunResult) -> tuple[bool, str
         for r in result.records
         if r.stream and r.outcome != CANCELLED and classify(r, result.fault_time) in (SPANNING, AFTER)
     ]
+    if not streams:
+        empty = _empty(p, "no stream (not cancelled) in spanning/after")
+        if empty:
+            return empty
     if len(streams) < p["min_streams"]:
         return False, f"{len(streams)} stream(s) in spanning/after, need at least {p['min_streams']}"
     problems = []
@@ -545,7 +699,8 @@ def _p99_latency_ratio(p: dict, result: RunResult) -> tuple[bool, str]:
     base = _phase(result, p["baseline"])["latency_p99_s"]
     if now is None or base is None:
         missing = p["phase"] if now is None else p["baseline"]
-        return False, f"no successful request in phase '{missing}'"
+        return _empty(p, f"no successful request in phase '{missing}'") or (
+            True, f"no successful request in phase '{missing}' (allow_empty)")
     if base <= 0:
         return False, f"p99 latency of '{p['baseline']}' is {base}, no ratio"
     ratio = now / base
@@ -560,13 +715,19 @@ def _p99_latency_ratio(p: dict, result: RunResult) -> tuple[bool, str]:
     label=lambda p: f"no_failures[{p['phase']}]",
 )
 def _no_failures(p: dict, result: RunResult) -> tuple[bool, str]:
+    """No request of the phase failed. Cancelled requests did not fail: a phase of only
+    cancelled requests passes with `min_requests: 0`; a phase without any request is empty."""
     s = _phase(result, p["phase"])
     decided = s["success"] + s["failed"]
+    if s["count"] == 0:
+        empty = _empty(p, f"no request in '{p['phase']}'")
+        if empty:
+            return empty
     if decided < p["min_requests"]:
         return False, f"{decided} ok/failed request(s) in '{p['phase']}', need at least {p['min_requests']}"
     if s["failed"]:
         return False, f"{s['failed']} failed of {decided}: {_failure_breakdown(s)}"
-    return True, f"{s['success']} ok, 0 failed"
+    return True, f"{s['success']} ok, 0 failed" + (f", {s['cancelled']} cancelled" if s["cancelled"] else "")
 
 
 @register_check(
@@ -581,6 +742,10 @@ def _no_failures(p: dict, result: RunResult) -> tuple[bool, str]:
 )
 def _min_failures(p: dict, result: RunResult) -> tuple[bool, str]:
     s = _phase(result, p["phase"])
+    if s["count"] == 0:
+        empty = _empty(p, f"no request in '{p['phase']}'")
+        if empty:
+            return empty
     if p["outcome"]:
         n = s["outcomes"].get(p["outcome"], 0)
         detail = f"{n} {p['outcome']} (need >= {p['n']}); all failed: {_failure_breakdown(s)}"
@@ -603,7 +768,7 @@ def _min_failures(p: dict, result: RunResult) -> tuple[bool, str]:
 def _cancellations_counted(p: dict, result: RunResult) -> tuple[bool, str]:
     """Every request the clients cancelled is counted by the server, exactly once: the metric's
     increase, summed over the matching roles, equals the number of `cancelled` records (of the
-    given request_type: stream or unary)."""
+    given request_type: stream or unary). No cancelled request is an empty set."""
     roles = sorted(r for r in result.metrics_after if fnmatch.fnmatchcase(r, p["roles"]))
     if not roles:
         return False, f"no /metrics snapshot for roles '{p['roles']}' (have: {', '.join(sorted(result.metrics_after)) or 'none'})"
@@ -616,5 +781,9 @@ def _cancellations_counted(p: dict, result: RunResult) -> tuple[bool, str]:
         change += after.value(p["name"], **labels) - (before.value(p["name"], **labels) if before else 0.0)
     wanted = {"stream": True, "unary": False}.get(p["request_type"] or "")
     cancelled = sum(1 for r in result.records if r.outcome == CANCELLED and (wanted is None or r.stream == wanted))
-    ok = abs(change - cancelled) < 0.5 and cancelled > 0
-    return ok, f"clients cancelled {cancelled}, server counted {_fmt(change)} ({', '.join(roles)})"
+    detail = f"clients cancelled {cancelled}, server counted {_fmt(change)} ({', '.join(roles)})"
+    if cancelled == 0:
+        empty = _empty(p, detail)
+        if empty:
+            return empty
+    return abs(change - cancelled) < 0.5, detail

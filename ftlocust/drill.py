@@ -7,12 +7,18 @@ for the fault greenlets), so the order of a run is readable in one place:
     load_started()   arm time triggers
     on_record(r)     request log, cluster-wide count, count trigger
     on_probe(...)    mid-stream trigger (the probe request has K chunks)
-    finish()         rollback every fault (always), evidence, checks, report → exit code
+    finish_run()     rollback every fault (always), evidence, checks, report → exit code
+    stop_target()    tear the embedded target down
+    finish()         finish_run() + stop_target() (a headless run: one run, one folder)
+
+Under Locust's web UI each Stop ends a run (`finish_run`) and the next start begins another
+(`next_run`: a new `Drill` in its own folder against the same, still running, target); the
+target is torn down once, when Locust quits.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import logging
 import os
 import time
@@ -22,11 +28,11 @@ from typing import Any, Callable
 import gevent
 
 from ftlocust import checks as checks_module
-from ftlocust import evidence, phases, plot, report
+from ftlocust import evidence, phases, plot, report, targets, validation
 from ftlocust.errors import ConfigError
-from ftlocust.faults import Fault, FaultContext, build_fault
+from ftlocust.faults import Fault, FaultContext, build_faults
 from ftlocust.records import RequestLog, RequestRecord
-from ftlocust.scenario import Scenario
+from ftlocust.scenario import Scenario, apply_overrides, validate_triggers
 
 log = logging.getLogger("ftlocust.drill")
 
@@ -41,6 +47,8 @@ class DrillOptions:
     fault_after_requests: int | None = None  # overrides the first fault's trigger
     fault_after_seconds: float | None = None
     target_overrides: dict[str, Any] = field(default_factory=dict)  # workers, migration_limit, options…
+    target_kind: str | None = None  # --ft-target: another embedded kind than the scenario's
+    run_time_s: float | None = None  # -t, for triggers that could never fire
     expected_tokens: int | None = None
 
 
@@ -56,7 +64,7 @@ class Drill:
         self.options = options
         self.broadcast = broadcast  # tells every Locust process the fault time
         self.quit_run = quit_run
-        self.deployment = None
+        self.deployment = None  # a `ftlocust.targets.Deployment` once set up (external ones too)
         self.faults: list[Fault] = []
         self.checks: list = []
         self.records: list[RequestRecord] = []
@@ -65,108 +73,75 @@ class Drill:
         self.load_started_at: float | None = None
         self.metrics_before: dict[str, Any] = {}
         self.metrics_after: dict[str, Any] = {}
-        self.server_recovery_s: float | None = None
+        self.server_recovery: dict[str, float | None] = {}  # fault name → server-view recovery (s)
+        self.rollbacks: list[dict] = []  # the rollback journal: one entry per recover() that ran
+        self.lost_workers: list[dict] = []  # Locust workers that vanished mid-run
         self.probe_request_id: str | None = None
         self.summary: dict | None = None
         self.table = ""
         self.verdict_text = ""
         self.exit_code: int | None = None
         self._fired: set[int] = set()
+        self._injection_order: list[Fault] = []
         self._greenlets: list[gevent.Greenlet] = []
         self._finished = False
         self.late_records = 0
-        self.misnamed = 0  # requests whose Locust row name carries another phase than the truth
+        self.misnamed = 0  # requests whose Locust row name carries another phase than the master's
         self._fire_counts: dict[int, int] = {}
         self.ctx = FaultContext(artifacts_dir=options.artifacts_dir, dry_run=options.dry_run,
                                 resolve_serving=self._resolve_serving)
 
     # ---------------------------------------------------------------- setup (before load)
-    def setup(self) -> None:
-        os.makedirs(self.options.artifacts_dir, exist_ok=True)
-        self._apply_overrides()
-        self.checks = checks_module.build_checks(self.scenario.checks, where=f"{self.scenario.source or self.scenario.name}: checks")
-        pids = self.scenario.target.pids  # external deployment: roles name processes by identity
-        for spec in self.scenario.faults:
-            if spec.target in pids:
-                spec.target = pids[spec.target]
-        self.faults = [build_fault(spec) for spec in self.scenario.faults]
-        self._validate_triggers()
+    def setup(self, deployment=None) -> None:
+        """`deployment`: an already started one (the next run under the web UI): it is reused,
+        not built nor started again."""
+        o = self.options
+        where = self.scenario.source or self.scenario.name
+        if not o.dry_run:
+            validation.writable_dir(o.artifacts_dir)
+        self.scenario = apply_overrides(self.scenario, target_overrides=o.target_overrides,
+                                        recovery_window_s=o.recovery_window_s,
+                                        fault_after_requests=o.fault_after_requests,
+                                        fault_after_seconds=o.fault_after_seconds, target_kind=o.target_kind)
+        self.checks = checks_module.build_checks(self.scenario.checks, where=f"{where}: checks")
+        self.faults = build_faults(self.scenario.faults, where=f"{where}: faults")
+        validate_triggers(self.scenario, total_budget=o.total_budget, run_time_s=o.run_time_s)
+        reused = deployment is not None
+        if not reused:
+            run_dir = os.path.join(self.options.artifacts_dir, "deployment")
+            deployment = targets.build(self.scenario.target, run_dir, self.options.host)
+        self.deployment = deployment
+        self.ctx.deployment = self.deployment
         if self.options.dry_run:
-            if self.options.host is not None:  # processes named by identity: resolve and show them
-                for fault in self.faults:
-                    fault.preflight(self.ctx)
+            if not self.deployment.started_here:
+                self.deployment.start()  # starts nothing: captures the named processes' identities
+            for fault in self.faults:  # resolved as far as possible without starting anything
+                fault.preflight(self.ctx)
             return
         log_path = os.path.join(self.options.artifacts_dir, "requests.jsonl")
         if os.path.exists(log_path):  # one folder, one run: never mix two runs' requests
             raise ConfigError(f"--ft-artifacts: {self.options.artifacts_dir} already holds a run; choose another folder")
         self.request_log = RequestLog(log_path)
         phases.TIMELINE.reset()
-        if self.options.host is None and self.scenario.target.kind != "external":
-            self.deployment = self._start_deployment()
-            self.ctx.deployment = self.deployment
-        elif self.options.host is None:
-            raise ConfigError("--host: the scenario's target is external, so --host is required")
+        if not reused:
+            self._start_deployment()
         for fault in self.faults:
             fault.preflight(self.ctx)
         self.metrics_before = self._snapshot_metrics("before")
 
-    def _apply_overrides(self) -> None:
-        o = self.options
-        t = self.scenario.target
-        for key, value in o.target_overrides.items():
-            if value is None:
-                continue
-            if key in ("workers", "migration_limit"):
-                setattr(t, key, value)
-            elif key == "token_delay_s" and t.kind != "reference":
-                raise ConfigError(f"--ft-target-token-delay: only for the reference deployment (target is {t.kind})")
-            else:
-                t.options[key] = value
-        if o.recovery_window_s is not None:
-            if o.recovery_window_s < self.scenario.stop.health_poll_s:
-                raise ConfigError(
-                    f"--ft-recovery-window: {o.recovery_window_s:g} s is shorter than the health poll interval "
-                    f"({self.scenario.stop.health_poll_s:g} s)"
-                )
-            self.scenario.stop.recovery_window_s = o.recovery_window_s
-        if self.scenario.faults and (o.fault_after_requests is not None or o.fault_after_seconds is not None):
-            trigger = self.scenario.faults[0].trigger
-            trigger.after_requests = o.fault_after_requests
-            trigger.after_seconds = o.fault_after_seconds
-            trigger.mid_stream_chunks = None
-
-    def _validate_triggers(self) -> None:
-        budget = self.options.total_budget
-        for fault in self.faults:
-            n = fault.spec.trigger.after_requests
-            if n is not None and budget is not None and n > budget:
-                raise ConfigError(
-                    f"--ft-fault-after-requests: {n} is larger than the total request budget {budget} "
-                    f"(users × --ft-requests-per-client)"
-                )
-
-    def _start_deployment(self):
-        t = self.scenario.target
-        run_dir = os.path.join(self.options.artifacts_dir, "deployment")
-        if t.kind == "reference":
-            from ftlocust.targets.reference import ReferenceDeployment as deployment_class
-        else:
-            from ftlocust.targets.dynamo import DynamoDeployment as deployment_class
-        known = set(inspect.signature(deployment_class).parameters) - {"run_dir", "workers", "migration_limit"}
-        unknown = sorted(set(t.options) - known)
-        if unknown:
-            raise ConfigError(f"{self.scenario.source or self.scenario.name}: target.options: unknown {unknown[0]!r} "
-                              f"for a {t.kind} deployment (expected one of {', '.join(sorted(known))})")
-        deployment = deployment_class(run_dir, workers=t.workers, migration_limit=t.migration_limit, **t.options)
-        log.info("starting the %s deployment (%d workers, migration limit %d) in %s",
-                 t.kind, t.workers, t.migration_limit, run_dir)
+    def _start_deployment(self) -> None:
+        deployment = self.deployment
+        if deployment.started_here:
+            t = self.scenario.target
+            log.info("starting the %s deployment (%d workers, migration limit %d)", t.kind, t.workers, t.migration_limit)
         try:
             deployment.start()
         except BaseException:
             deployment.stop()
             raise
-        log.info("%s deployment ready at %s in %.2f s", t.kind, deployment.base_url, deployment.startup_s)
-        return deployment
+        if deployment.started_here:
+            log.info("%s deployment ready at %s in %.2f s", self.scenario.target.kind, deployment.base_url,
+                     deployment.startup_s)
 
     def describe(self) -> str:
         """What a dry run prints: the target and every fault, resolved as far as possible."""
@@ -176,6 +151,37 @@ class Drill:
         lines += [f"  fault {i + 1}: {f.describe()}" for i, f in enumerate(self.faults)]
         lines += [f"  check: {c.name}" for c in self.checks]
         return "\n".join(lines)
+
+    def next_run(self, artifacts_dir: str) -> "Drill":
+        """The next run after this one finished (web UI: Stop, then start again): a new Drill with
+        its own artifacts folder, request log, checks and faults (rebuilt from the scenario, so
+        each fires at most once per run), against this run's target, which keeps running."""
+        if not self._finished:
+            raise RuntimeError("next_run: this run has not finished")
+        options = dataclasses.replace(self.options, artifacts_dir=artifacts_dir)
+        nxt = Drill(self.scenario, options, broadcast=self.broadcast, quit_run=self.quit_run)
+        nxt.setup(deployment=self.deployment)
+        return nxt
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def in_progress(self) -> bool:
+        """Load started and the run not finished yet."""
+        return self.load_started_at is not None and not self._finished
+
+    def worker_lost(self, entry: dict) -> None:
+        """A Locust worker vanished mid-run (hooks watches them): journal it; the built-in
+        verdict `no load generator lost` fails the run. `entry`: {worker, node_id, reason,
+        lost_at, last_seen_at, in_flight, unsent, received} (see hooks.WorkerWatch)."""
+        if self._finished:
+            return
+        self.lost_workers.append(entry)
+        log.error("load generator %s lost (%s) at %.3f, last heard from at %s: %s request(s) in flight lost, "
+                  "%s of its budget unsent", entry.get("worker"), entry.get("reason"), entry.get("lost_at"),
+                  entry.get("last_seen_at"), entry.get("in_flight"), entry.get("unsent"))
 
     @property
     def host(self) -> str | None:
@@ -197,7 +203,7 @@ class Drill:
         # phase a Locust worker named the request with may lag the fault broadcast by a few ms.
         named = record.phase
         record.phase = phases.TIMELINE.phase_of(record.start_wall, record.end_wall)
-        if named != record.phase:
+        if named is not None and record.phase is not None and named != record.phase:
             record.extra["locust_phase"] = named
             self.misnamed += 1
         self.records.append(record)
@@ -226,69 +232,88 @@ class Drill:
     def _run_fault(self, fault: Fault) -> None:
         try:
             event = fault.inject(self.ctx)
-        except Exception as e:  # a failed injection is a result, not a crash
+        except Exception as e:  # a failed injection is a result (the verdict says so), not a crash
             log.error("fault %s could not be injected: %s", fault.name, e)
-            event = phases.FaultEvent(name=fault.name, kind=fault.kind, target=fault.spec.target,
-                                      injected_at=time.time(), recovered_at=None, detail={"error": str(e)})
-            fault.event = event
+            fault.event = phases.FaultEvent(name=fault.name, kind=fault.kind, target=fault.spec.target,
+                                            injected_at=None, status="failed", error=f"{type(e).__name__}: {e}")
             return
+        fault.event = event
+        self._injection_order.append(fault)
         event.detail["finished_requests_at_trigger"] = self._fire_counts.get(self.faults.index(fault))
         phases.TIMELINE.record_fault(event)
         self.broadcast(event.to_dict())
         log.info("fault %s in effect at %.3f", fault.name, event.injected_at)
-        early = getattr(fault, "scheduled_recovery_s", lambda: None)()
+        early = fault.scheduled_recovery_s()
         if early is not None:
-            self._greenlets.append(gevent.spawn_later(early, self._recover, fault))
+            self._greenlets.append(gevent.spawn_later(early, self._recover, fault, "scheduled"))
         if len(self._fired) == len(self.faults) and self.scenario.stop.recovery_window_s is not None:
             self._greenlets.append(gevent.spawn_later(self.scenario.stop.recovery_window_s, self._stop_after_recovery))
         self._watch_server_recovery(fault, event.injected_at)
 
-    def _recover(self, fault: Fault) -> None:
+    def _recover(self, fault: Fault, reason: str) -> None:
+        """Run one fault's rollback and journal it; a failed rollback fails the run."""
+        at = time.time()
         try:
-            fault.recover(self.ctx)
+            action = fault.recover(self.ctx)
         except Exception as e:
-            log.error("recovering %s failed: %s", fault.name, e)
+            log.error("rolling back %s failed: %s", fault.name, e)
+            self.rollbacks.append({"fault": fault.name, "reason": reason, "action": None, "at": at,
+                                   "ok": False, "error": f"{type(e).__name__}: {e}"})
+            return
+        if action is None:
+            return  # nothing to undo (already lifted, or a crash nothing restarts)
+        if fault.event is not None:
+            fault.event.rolled_back_at = at
+        self.rollbacks.append({"fault": fault.name, "reason": reason, "action": action, "at": at, "ok": True,
+                               "error": None})
 
     def _stop_after_recovery(self) -> None:
         log.info("recovery window of %.1f s after the last fault is over: stopping", self.scenario.stop.recovery_window_s)
         self.quit_run()
 
     def _watch_server_recovery(self, fault: Fault, injected_at: float) -> None:
-        """Server view: fault → the deployment serves without the faulted component again
-        (or with its replacement). Polls `deployment.recovered(role)`; bounded by the run."""
-        if self.deployment is None or not hasattr(self.deployment, "recovered"):
+        """Server view: fault → the deployment serves without the faulted component again (or
+        with its replacement). Polls `deployment.recovered(role)`; bounded by the run."""
+        role = fault.affected_role()
+        if role is None:
             return
-        role = getattr(fault, "_role", None) or fault.spec.target
+        self.server_recovery.setdefault(fault.name, None)
         poll = self.scenario.stop.health_poll_s
         deadline = injected_at + 600
         while not self._finished and time.time() < deadline:
             try:
-                if self.deployment.recovered(role):
-                    if self.server_recovery_s is None:
-                        self.server_recovery_s = time.time() - injected_at
-                        log.info("server view: %s recovered %.2f s after the fault", role, self.server_recovery_s)
-                    return
+                recovered = self.deployment.recovered(role)
             except Exception as e:  # a refused health poll just means "not yet"
                 log.debug("health poll: %s", e)
+                recovered = False
+            if recovered is None:  # this deployment cannot tell: no server view
+                self.server_recovery.pop(fault.name, None)
+                return
+            if recovered:
+                self.server_recovery[fault.name] = time.time() - injected_at
+                log.info("server view: %s recovered %.2f s after the fault", role, self.server_recovery[fault.name])
+                return
             gevent.sleep(poll)
 
     def _resolve_serving(self) -> str | None:
         if self.probe_request_id is None:
             return None
-        if self.deployment is not None:
-            logs = {role: self.deployment.log_path(role) for role in self.deployment.worker_roles()}
-        else:
-            logs = {role: path for role, path in self.scenario.target.logs.items() if role in self.scenario.target.pids}
+        logs = {role: path for role in self.deployment.worker_roles() if (path := self.deployment.log_path(role))}
         return evidence.find_serving_role(logs, self.probe_request_id, timeout_s=5.0)
 
     def _metrics_urls(self) -> dict[str, str]:
-        if self.deployment is None:  # an external deployment: what the scenario names
-            return dict(self.scenario.target.metrics)
-        roles = [self.deployment.frontend_role, *self.deployment.worker_roles()]
-        return {role: self.deployment.metrics_url(role) for role in roles if self.deployment.metrics_url(role)}
+        urls = {}
+        for role in self.deployment.roles():
+            try:
+                url = self.deployment.metrics_url(role)
+            except ConfigError:  # a role without an HTTP endpoint (a broker), or not started
+                continue
+            if url:
+                urls[role] = url
+        return urls
 
     def _snapshot_metrics(self, label: str) -> dict[str, Any]:
-        urls = self._metrics_urls()
+        urls = self._metrics_urls() if self.deployment is not None else {}
         if not urls:
             return {}
         snapshots = evidence.scrape_all(urls, timeout_s=2.0)
@@ -296,32 +321,44 @@ class Drill:
         return snapshots
 
     # ---------------------------------------------------------------- the end (always)
-    def finish(self) -> int:
-        """Idempotent. Rollback first, then evidence, then verdicts; never raises."""
+    def finish(self) -> int | None:
+        """The end of a headless run: `finish_run()`, then the target's teardown. Idempotent;
+        never raises; returns `finish_run()`'s exit code."""
+        try:
+            return self.finish_run()
+        finally:
+            self.stop_target()
+
+    def finish_run(self) -> int | None:
+        """Idempotent; never raises; the target keeps running. Rollback first (newest fault
+        first), then evidence, then verdicts and artifacts. Returns the exit code: 0 every check
+        passed, 3 one failed (also: a load generator was lost); None when the scenario has no
+        checks and nothing built-in failed (the caller keeps Locust's own)."""
         if self._finished:
-            return self.exit_code if self.exit_code is not None else 1
+            return self.exit_code
         self._finished = True
         if self.request_log is not None:  # the log and the summary count the same requests
             self.request_log.close()
         for g in self._greenlets:
             g.kill(block=False)
-        for fault in self.faults:
-            if fault.event is not None:
-                self._recover(fault)
+        for fault in reversed(self._injection_order):
+            self._recover(fault, "end of run")
+        log_paths: dict[str, str] = {}
         try:
             self.metrics_after = self._snapshot_metrics("after")
             log_paths = self._log_paths()
             evidence.collect_logs(log_paths, self.options.artifacts_dir)
         except Exception as e:
             log.error("collecting evidence failed: %s", e)
-            log_paths = {}
         try:
-            self.exit_code = self._verdicts(log_paths)
+            code = self._verdicts(log_paths)
+            if self.lost_workers and code == 0:  # part of the built-in verdicts; never a pass
+                code = 3
+            self.exit_code = None if code == 0 and not self.checks else code
         except Exception as e:
             log.exception("computing the verdicts failed: %s", e)
             self.exit_code = 1
         finally:
-            self.stop_target()
             if self.late_records:
                 log.info("%d request(s) finished after the run ended; not counted", self.late_records)
         return self.exit_code
@@ -335,40 +372,54 @@ class Drill:
 
     def _log_paths(self) -> dict[str, str]:
         if self.deployment is None:
-            return dict(self.scenario.target.logs)
-        return {role: self.deployment.log_path(role) for role in self.deployment.group.roles()}
+            return {}
+        return {role: path for role in self.deployment.roles() if (path := self.deployment.log_path(role))}
 
     def _verdicts(self, log_paths: dict[str, str]) -> int:
-        timeline = phases.TIMELINE
-        fault_time = timeline.fault_time
+        # Every planned fault, scenario order; one whose trigger never came has no event.
+        events = [
+            f.event if f.event is not None else phases.FaultEvent(
+                name=f.name, kind=f.kind, target=f.spec.target, injected_at=None, status=phases.NOT_FIRED,
+                error="trigger never reached: " + f.spec.trigger.describe())
+            for f in self.faults
+        ]
+        analysis = phases.analyse(self.records, events, dict(self.server_recovery))
+        fault_time = analysis["fault_time"]
         for r in self.records:
             r.phase = phases.classify(r, fault_time) if fault_time is not None else None
-        phase_data = phases.phase_stats(self.records, fault_time)
-        recovery = phases.recovery(self.records, fault_time)
-        recovery["server_recovery_s"] = self.server_recovery_s
-        fault_events = [f.event for f in self.faults if f.event is not None]
-        result = checks_module.RunResult(
+        urls = self._metrics_urls() if self.deployment is not None else {}
+        result = checks_module.RunResult.from_analysis(
+            analysis, events,
             records=self.records,
-            fault_time=fault_time,
-            faults=fault_events,
-            phases=phase_data,
-            recovery=recovery,
             metrics_before=self.metrics_before,
-            metrics_after=self.metrics_after,
+            metrics_after=dict(self.metrics_after),
             log_paths=log_paths,
             expected_tokens=self.options.expected_tokens,
+            rollbacks=list(self.rollbacks),
+            lost_workers=list(self.lost_workers),
+            scrape=(lambda: evidence.scrape_all(urls, timeout_s=2.0)) if urls else None,
         )
         verdicts = checks_module.evaluate(self.checks, result)
+        # Checks may have waited for late evidence: the artifacts keep what they judged.
+        if result.metrics_after != self.metrics_after:
+            self.metrics_after = result.metrics_after
+            evidence.save_metrics(self.metrics_after, self.options.artifacts_dir, "after")
+        try:
+            evidence.collect_logs(log_paths, self.options.artifacts_dir)
+        except Exception as e:
+            log.error("collecting logs after the checks failed: %s", e)
         startup_s = self.deployment.startup_s if self.deployment is not None else None
         self.summary = report.build_summary(
-            self.scenario.name, fault_events, phase_data, recovery, startup_s, verdicts,
+            self.scenario.name, analysis, startup_s, verdicts,
             extra={"host": self.host, "requests": len(self.records), "artifacts": self.options.artifacts_dir,
                    "misnamed_in_locust": self.misnamed, "late_requests": self.late_records},
         )
+        self.summary["rollbacks"] = list(self.rollbacks)  # the journal: what was undone, when, whether it worked
+        self.summary["lost_workers"] = list(self.lost_workers)
         self.table = report.results_table([self.summary])
         report.write_artifacts(self.options.artifacts_dir, self.summary, self.table, verdicts)
         try:
-            png = plot.timeline_png(self.records, fault_events, os.path.join(self.options.artifacts_dir, "timeline.png"),
+            png = plot.timeline_png(self.records, events, os.path.join(self.options.artifacts_dir, "timeline.png"),
                                     title=f"{self.scenario.name}: requests over time")
         except Exception as e:  # a picture must never cost the verdicts
             log.error("drawing the timeline failed: %s", e)

@@ -103,6 +103,41 @@ def poll_for_pattern(
     return None, offset
 
 
+def wait_for_line(
+    paths: Iterable[str],
+    pattern: str,
+    ignore: Iterable[str] = BENIGN_LOG_LINES,
+    regex: bool = False,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.1,
+) -> str | None:
+    """The first line of any of `paths` (each read from its start, in turn) that matches
+    `pattern` and contains none of the `ignore` substrings, waiting up to `timeout_s` for one
+    to be written; None at the timeout. Like `poll_for_pattern`: only new bytes are read on
+    each pass, complete lines only, at least one pass even with `timeout_s=0`, at most
+    ceil(timeout_s / interval_s) + 1 passes."""
+    found = _matcher(pattern, regex)
+    ignore = tuple(ignore)
+
+    def matches(line: str) -> bool:
+        return found(line) and not any(s in line for s in ignore)
+
+    offsets = {path: 0 for path in paths}
+    interval_s = max(interval_s, 0.001)
+    max_passes = math.ceil(max(timeout_s, 0.0) / interval_s) + 1
+    deadline = time.monotonic() + timeout_s
+    for _ in range(max_passes):
+        for path in offsets:
+            line, offsets[path] = _scan_new(path, matches, offsets[path])
+            if line is not None:
+                return line
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(interval_s, remaining))
+    return None
+
+
 def request_id_regex(request_id: str, pattern: str = SERVING_PATTERN) -> str:
     """Regex for `pattern` with `{id}` standing for the request id, quoted or not
     (`request_id=abc` and `request_id="abc"`), and not a prefix of a longer id. The OpenAI

@@ -1,52 +1,161 @@
-"""Faults: the `Fault` interface and a registry of kinds.
+"""Faults: the `Fault` interface, the registry of kinds, and the one shared target resolution.
 
-A fault is data (`FaultSpec`) turned into an object with four verbs, chaostoolkit style:
-`preflight` (resolve the target, check permissions; raise `ConfigError` with one line),
-`describe` (what a dry run prints), `inject` (returns the `FaultEvent` with the instant the
-fault is in effect), `recover` (idempotent; always called at the end of a run, whatever
-happened). Targets are identities, never name patterns: a role of a deployment ftlocust
-started, or a PID whose command line and start time were captured at preflight.
+A fault is data (`FaultSpec`, from the scenario) turned into an object with verbs, chaostoolkit
+style, validation next to behaviour:
+
+    validate()        check the kind's own fields (spec.params); ConfigError, one line
+    preflight(ctx)    resolve the target, check permissions (before load); ConfigError, one line
+    describe()        what a dry run prints: the exact process / role, the trigger
+    inject(ctx)       put the fault in effect; returns the `FaultEvent` with the instant it is
+    recover(ctx)      lift its effect; idempotent; returns what it did ("SIGCONT to worker-1") or
+                      None when there is nothing to undo; raises when the rollback failed
+
+and explicit hooks the drill asks instead of reaching into a kind:
+
+    affected_role()         the deployment role the fault hit (after inject): the server view
+                            waits until the deployment serves without it or with its replacement
+    scheduled_recovery_s()  seconds after injection at which the drill calls recover() early
+    reversible              class flag: the effect lasts until recover() lifts it (a stopped
+                            process, a partition); the guardian will hold those rollbacks
+
+Each kind is a module in `ftlocust/fault_kinds/`, imported when a scenario uses it, so a kind's
+optional library is needed only then. Users add kinds from a plugin with `register`.
+
+Targets are identities, never name patterns (`resolve_target`): a role of the deployment
+(`worker-1`, `frontend`, and for an external deployment the roles its `target.pids` names),
+`serving-worker` (the worker whose log shows the probe's request id, found when the fault
+fires), or `pid:N` / `pidfile:PATH` (command line and start time captured at preflight and
+re-checked before every signal).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import os
-import signal as signal_module
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from ftlocust.errors import ConfigError
 from ftlocust.phases import FaultEvent
+from ftlocust.processes import ProcessRef, is_process_target
 from ftlocust.scenario import FaultSpec
+from ftlocust.validation import did_you_mean
 
 log = logging.getLogger("ftlocust.faults")
 
-SERVING_WORKER = "serving-worker"  # the worker serving the probe request, found from its log
+SERVING_WORKER = "serving-worker"
 
 
 @dataclass
 class FaultContext:
-    deployment: Any | None = None  # a ReferenceDeployment / DynamoDeployment, or None (external)
+    """What a fault may use. `deployment` satisfies `ftlocust.targets.Deployment` (the embedded
+    one, or the external one named by --host and the scenario)."""
+
+    deployment: Any = None
     artifacts_dir: str = "."
     dry_run: bool = False
-    # Returns the role serving the probe request (evidence.find_serving_role); set by the drill.
+    # The worker role serving the probe request (from the worker logs), or None; set by the drill.
     resolve_serving: Callable[[], str | None] | None = None
     extra: dict = field(default_factory=dict)
 
 
-class Fault:
-    kind = ""
+# --- targets -----------------------------------------------------------------------------------
 
-    def __init__(self, spec: FaultSpec):
+
+@dataclass
+class Target:
+    """What a fault acts on. `role` is set for deployment roles (for `serving-worker` once the
+    fault fires), `process` for pid:/pidfile: targets."""
+
+    spec: str
+    role: str | None = None
+    process: ProcessRef | None = None
+
+    def describe(self) -> str:
+        if self.process is not None:
+            return f"{self.role or self.spec} ({self.process.describe()})"
+        if self.spec == SERVING_WORKER and self.role is None:
+            return "the worker serving the probe request (found in the worker logs when the fault fires)"
+        return self.role or self.spec
+
+    def signal(self, ctx: FaultContext, sig: int) -> int:
+        if self.process is not None:
+            return self.process.signal(sig)
+        return ctx.deployment.signal(self.role, sig)
+
+    def alive(self, ctx: FaultContext) -> bool:
+        if self.process is not None:
+            return self.process.alive()
+        return ctx.deployment.alive(self.role)
+
+
+def resolve_target(spec: FaultSpec, ctx: FaultContext, where: str) -> Target:
+    """Preflight: the fault's target as an identity. ConfigError (one line) when there is none."""
+    target = spec.target
+    here = f"{where}.target" if where else "target"
+    if is_process_target(target):
+        return Target(target, process=ProcessRef.from_target(target, here))
+    deployment = ctx.deployment
+    if deployment is None:
+        raise ConfigError(f"{here}: {target!r} names a deployment role, but there is no deployment "
+                          f"(use pid:N or pidfile:PATH against --host)")
+    if target == SERVING_WORKER:
+        if spec.trigger.mid_stream_chunks is None:
+            raise ConfigError(f"{here}: serving-worker needs trigger.mid_stream_chunks (a probe request in flight)")
+        return Target(target)
+    if not deployment.started_here:  # only the processes the scenario names by identity
+        named = [role for role in deployment.roles() if deployment.pid(role) is not None]
+        if target not in named:
+            raise ConfigError(f"{here}: {target!r} is not a process named in target.pids (named: "
+                              f"{', '.join(named) or 'none'}); use pid:N or pidfile:PATH, or name it there")
+        # the identity the deployment captured is the one every signal is checked against
+        return Target(target, role=target, process=deployment.process(target))
+    roles = deployment.roles()
+    if target not in roles:
+        raise ConfigError(f"{here}: expected one of {', '.join([*roles, SERVING_WORKER])}, got {target!r}"
+                          f"{did_you_mean(target, roles)}")
+    return Target(target, role=target)
+
+
+def resolve_at_fire(target: Target, ctx: FaultContext) -> Target:
+    """When the fault fires: `serving-worker` becomes the role serving the probe right now."""
+    if target.spec != SERVING_WORKER:
+        return target
+    role = ctx.resolve_serving() if ctx.resolve_serving else None
+    if role is None:
+        raise RuntimeError("could not find the worker serving the probe request in the worker logs")
+    return Target(target.spec, role=role)
+
+
+# --- the interface -----------------------------------------------------------------------------
+
+
+class Fault:
+    """One fault of a scenario. Subclasses set `kind` and implement the verbs (module docstring)."""
+
+    kind: ClassVar[str] = ""
+    reversible: ClassVar[bool] = False
+
+    def __init__(self, spec: FaultSpec, where: str = ""):
         self.spec = spec
+        self.where = where or f"fault {spec.name!r}"
         self.event: FaultEvent | None = None
+        self.validate()
 
     @property
     def name(self) -> str:
         return self.spec.name or f"{self.kind}:{self.spec.target}"
 
+    def field(self, key: str) -> str:
+        """The path of one of this fault's fields, for error messages."""
+        return f"{self.where}.{key}"
+
+    def validate(self) -> None:
+        """Check `spec.params` (the kind's own fields). Default: the kind takes none."""
+        if self.spec.params:
+            key = sorted(self.spec.params)[0]
+            raise ConfigError(f"{self.field(key)}: unknown field for kind {self.kind}")
+
     def preflight(self, ctx: FaultContext) -> None:
         raise NotImplementedError
 
@@ -56,197 +165,54 @@ class Fault:
     def inject(self, ctx: FaultContext) -> FaultEvent:
         raise NotImplementedError
 
-    def recover(self, ctx: FaultContext) -> None:
+    def recover(self, ctx: FaultContext) -> str | None:
         raise NotImplementedError
 
+    def affected_role(self) -> str | None:
+        return None
+
+    def scheduled_recovery_s(self) -> float | None:
+        return None
+
+
+# --- the registry --------------------------------------------------------------------------------
 
 REGISTRY: dict[str, type[Fault]] = {}
+# Built-in kinds, imported on first use: kind -> module (which registers its class).
+BUILTIN_KINDS: dict[str, str] = {
+    "process-signal": "ftlocust.fault_kinds.process_signal",
+}
 
 
 def register(cls: type[Fault]) -> type[Fault]:
+    """Class decorator: make `cls.kind` usable in scenarios (built-in kinds and plugins)."""
+    if not cls.kind:
+        raise ValueError(f"{cls.__name__}: set the class attribute `kind` before registering")
     REGISTRY[cls.kind] = cls
     return cls
 
 
-def build_fault(spec: FaultSpec) -> Fault:
+def kinds() -> list[str]:
+    return sorted({*REGISTRY, *BUILTIN_KINDS})
+
+
+def kind_class(kind: str, where: str = "fault") -> type[Fault]:
+    if kind not in REGISTRY and kind in BUILTIN_KINDS:
+        try:
+            importlib.import_module(BUILTIN_KINDS[kind])
+        except ImportError as e:  # an optional library: one line, only when the kind is used
+            raise ConfigError(f"{where}.kind: {kind} needs a library that is not installed ({e})") from None
     try:
-        cls = REGISTRY[spec.kind]
+        return REGISTRY[kind]
     except KeyError:
-        raise ConfigError(
-            f"fault {spec.name!r}: kind: unknown {spec.kind!r} (expected one of {', '.join(sorted(REGISTRY))})"
-        ) from None
-    return cls(spec)
+        hint = did_you_mean(kind, kinds()) or " (a plugin's kind? load it with --ft-plugin or the scenario's plugins:)"
+        raise ConfigError(f"{where}.kind: expected one of {', '.join(kinds())}, got {kind!r}{hint}") from None
 
 
-SIGNALS = {
-    "SIGKILL": signal_module.SIGKILL,
-    "SIGTERM": signal_module.SIGTERM,
-    "SIGINT": signal_module.SIGINT,
-    "SIGSTOP": signal_module.SIGSTOP,
-}
+def build_fault(spec: FaultSpec, where: str = "") -> Fault:
+    where = where or f"fault {spec.name!r}"
+    return kind_class(spec.kind, where)(spec, where)
 
 
-def _process_identity(pid: int) -> tuple[str, str] | None:
-    """(cmdline, start time in clock ticks) of a live process, None when gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
-        return None
-    return cmdline, fields[19]
-
-
-@register
-class ProcessSignalFault(Fault):
-    """Send a signal to one process: SIGKILL (crash), SIGTERM (graceful shutdown with the
-    target's drain), SIGINT, SIGSTOP (hang; recovered with SIGCONT).
-
-    params: signal (default SIGKILL); restart (bool: restart the role at recovery);
-    restart_after_s (restart this long after the fault instead of at the end);
-    stop_for_s (SIGSTOP only: SIGCONT after this long instead of at the end).
-    target: a deployment role ("worker-1", "frontend"), "serving-worker", "pid:N" or
-    "pidfile:PATH" (external processes; identity captured at preflight and re-checked).
-    """
-
-    kind = "process-signal"
-    PARAMS = {"signal", "restart", "restart_after_s", "stop_for_s"}
-
-    def __init__(self, spec: FaultSpec):
-        super().__init__(spec)
-        unknown = sorted(set(spec.params) - self.PARAMS)
-        if unknown:
-            raise ConfigError(f"fault {spec.name!r}: unknown field {unknown[0]!r} for kind {self.kind}")
-        sig_name = str(spec.params.get("signal", "SIGKILL")).upper()
-        if not sig_name.startswith("SIG"):
-            sig_name = "SIG" + sig_name
-        if sig_name not in SIGNALS:
-            raise ConfigError(f"fault {spec.name!r}: signal: expected one of {', '.join(SIGNALS)}, got {sig_name!r}")
-        self.signal_name = sig_name
-        self.signal = SIGNALS[sig_name]
-        self.restart = bool(spec.params.get("restart", False))
-        self.restart_after_s = self._seconds(spec, "restart_after_s")
-        self.stop_for_s = self._seconds(spec, "stop_for_s")
-        self._pid: int | None = None
-        self._identity: tuple[str, str] | None = None
-        self._role: str | None = None
-        self._recovered = False
-
-    @staticmethod
-    def _seconds(spec: FaultSpec, key: str) -> float | None:
-        value = spec.params.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ConfigError(f"fault {spec.name!r}: {key}: expected a number of seconds >= 0, got {value!r}")
-        return value
-
-    def describe(self) -> str:
-        what = {
-            SERVING_WORKER: "the worker serving the probe request (found in the worker logs at fire time)",
-        }.get(self.spec.target, self.spec.target)
-        if self._pid is not None:
-            what += f" (pid {self._pid}: {self._identity[0] if self._identity else '?'})"
-        tail = ""
-        if self.restart:
-            tail = f", restart {self.restart_after_s:g} s after" if self.restart_after_s is not None else ", restart at recovery"
-        if self.signal_name == "SIGSTOP":
-            tail += f", SIGCONT after {self.stop_for_s} s" if self.stop_for_s else ", SIGCONT at recovery"
-        return f"{self.signal_name} → {what}, {self.spec.trigger.describe()}{tail}"
-
-    def preflight(self, ctx: FaultContext) -> None:
-        target = self.spec.target
-        where = f"fault {self.name!r}: target"
-        if target.startswith("pid:") or target.startswith("pidfile:"):
-            pid = self._pid_from_target(target, where)
-            identity = _process_identity(pid)
-            if identity is None:
-                raise ConfigError(f"{where}: no running process with pid {pid}")
-            try:
-                os.kill(pid, 0)
-            except PermissionError:
-                raise ConfigError(f"{where}: no permission to signal pid {pid} ({identity[0][:60]})") from None
-            self._pid, self._identity = pid, identity
-            return
-        if ctx.deployment is None:
-            raise ConfigError(f"{where}: {target!r} names a deployment role, but no deployment was started "
-                              f"(use pid:N or pidfile:PATH against --host)")
-        if target == SERVING_WORKER:
-            if self.spec.trigger.mid_stream_chunks is None:
-                raise ConfigError(f"{where}: serving-worker needs trigger.mid_stream_chunks (a probe request in flight)")
-            return
-        roles = ctx.deployment.group.roles()
-        if target not in roles:
-            raise ConfigError(f"{where}: unknown role {target!r} (expected one of {', '.join(roles)}, serving-worker)")
-
-    @staticmethod
-    def _pid_from_target(target: str, where: str) -> int:
-        kind, _, value = target.partition(":")
-        if kind == "pidfile":
-            try:
-                with open(value, encoding="utf-8") as f:
-                    value = f.read().strip()
-            except OSError as e:
-                raise ConfigError(f"{where}: cannot read pid file {value!r}: {e.strerror}") from None
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a pid, got {value!r}") from None
-
-    def _resolve_role(self, ctx: FaultContext) -> str:
-        if self.spec.target != SERVING_WORKER:
-            return self.spec.target
-        role = ctx.resolve_serving() if ctx.resolve_serving else None
-        if role is None:
-            raise RuntimeError("could not find the worker serving the probe request in the worker logs")
-        return role
-
-    def inject(self, ctx: FaultContext) -> FaultEvent:
-        detail: dict[str, Any] = {"signal": self.signal_name}
-        if self._pid is not None:  # external process: re-check it is still the one we saw
-            if _process_identity(self._pid) != self._identity:
-                raise RuntimeError(f"pid {self._pid} is no longer the process seen at preflight")
-            os.kill(self._pid, self.signal)
-            target = f"pid:{self._pid}"
-        else:
-            self._role = self._resolve_role(ctx)
-            self._pid = ctx.deployment.signal(self._role, self.signal)
-            target = self._role
-        injected_at = time.time()
-        detail["pid"] = self._pid
-        log.info("injected %s on %s (pid %s)", self.signal_name, target, self._pid)
-        self.event = FaultEvent(name=self.name, kind=self.kind, target=target, injected_at=injected_at,
-                                recovered_at=None, detail=detail)
-        return self.event
-
-    def scheduled_recovery_s(self) -> float | None:
-        """Seconds after injection at which the drill should call recover() early, if any."""
-        if self.signal == signal_module.SIGSTOP and self.stop_for_s:
-            return float(self.stop_for_s)
-        if self.restart and self.restart_after_s is not None:
-            return float(self.restart_after_s)
-        return None
-
-    def recover(self, ctx: FaultContext) -> None:
-        if self._recovered or self.event is None:
-            return
-        self._recovered = True
-        if self.signal == signal_module.SIGSTOP:
-            self._send(ctx, signal_module.SIGCONT)
-        if self.restart and self._role is not None and ctx.deployment is not None:
-            if ctx.deployment.group.alive(self._role):
-                ctx.deployment.group.stop(self._role)
-            ctx.deployment.restart(self._role)
-        self.event.recovered_at = time.time()
-        log.info("recovered %s", self.name)
-
-    def _send(self, ctx: FaultContext, sig: int) -> None:
-        try:
-            if self._role is not None and ctx.deployment is not None:
-                ctx.deployment.signal(self._role, sig)
-            elif self._pid is not None and _process_identity(self._pid) == self._identity:
-                os.kill(self._pid, sig)
-        except ProcessLookupError:
-            pass
+def build_faults(specs: list[FaultSpec], where: str = "faults") -> list[Fault]:
+    return [build_fault(spec, f"{where}[{i}]") for i, spec in enumerate(specs)]

@@ -10,7 +10,13 @@ Where bad input is caught (one line naming the flag and what was expected, never
 - across flags (e.g. `after-chunks` with a non-streaming endpoint), in this module's `init`
   listener, which prints the same kind of line and exits 2 before any load;
 - values set later (web UI form, programmatic use) by `LoadOptions.from_parsed`, which raises
-  `ConfigError`; the users turn that into one logged line and stop.
+  `ConfigError`; the users turn that into one logged line and stop;
+- a scenario's `load:` values, by the same parser as their flag (`LOAD_FLAGS`), named by their
+  YAML path (`x.yaml: load.rate: expected a number > 0 …`), when the scenario is read.
+
+The run flags `ftlocust.hooks` registers (`--ft-fault-after-requests`, `--ft-target-workers`, …)
+have their range rules here too (`RUN_FLAGS`, `check_run_flags`, `run_flag_type`). Every message
+has `ftlocust.validation`'s shape: `<flag>: expected <what>, got <value>`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ftlocust.cancel import NO_CANCEL, CancelPolicy
+from ftlocust import validation
+from ftlocust.cancel import AFTER_CHUNKS, NO_CANCEL, CancelPolicy
 from ftlocust.errors import ConfigError
 
 ENDPOINTS = ("completion", "completion-stream", "chat", "chat-stream", "mix")
@@ -49,21 +56,14 @@ class LoadOptions:
     ttft_rows: bool = True  # an extra Locust row per request: request_type "TTFT"
 
     def __post_init__(self) -> None:
-        _check_endpoint(self.endpoint)
-        _check_int("--ft-input-tokens", self.input_tokens, minimum=1)
-        _check_int("--ft-output-tokens", self.output_tokens, minimum=1)
-        _check_positive("--ft-rate", self.rate, "requests per second per user")
-        _check_int("--ft-requests-per-client", self.requests_per_client, minimum=0)
-        _check_positive("--ft-request-timeout", self.request_timeout_s, "seconds")
-        if self.verify_tokens not in VERIFY_CHOICES:
-            raise ConfigError(f"--ft-verify-tokens: expected auto, on or off, got {self.verify_tokens!r}")
+        for flag in LOAD_FLAGS:  # the typed values, by the same rules as the flags (no parsing)
+            if flag.rule is not None:
+                validation.number(getattr(self, flag.attr), flag.flag, **flag.rule)
+        validation.choice(self.endpoint, "--ft-endpoint", ENDPOINTS)
+        validation.choice(self.verify_tokens, "--ft-verify-tokens", VERIFY_CHOICES)
         if not isinstance(self.cancel, CancelPolicy):
-            raise ConfigError(f"--ft-cancel: expected a CancelPolicy, got {self.cancel!r}")
-        if self.cancel.mode == "after-chunks" and self.endpoint not in STREAM_KINDS + ("mix",):
-            raise ConfigError(
-                f"--ft-cancel {self.cancel.spec}: after-chunks needs a streaming endpoint "
-                f"(completion-stream, chat-stream or mix), got --ft-endpoint {self.endpoint}"
-            )
+            raise validation.error("--ft-cancel", "a CancelPolicy", self.cancel)
+        check_cancel_endpoint(self.endpoint, self.cancel)
 
     @property
     def min_interval_s(self) -> float:
@@ -78,72 +78,108 @@ class LoadOptions:
             return default if value is None else value
 
         model = str(get("ft_model", "")).strip()
-        return cls(
-            endpoint=parse_endpoint(get("ft_endpoint", DEFAULT_ENDPOINT)),
-            model=model or None,
-            input_tokens=parse_int("--ft-input-tokens", get("ft_input_tokens", 100), minimum=1),
-            output_tokens=parse_int("--ft-output-tokens", get("ft_output_tokens", 100), minimum=1),
-            rate=parse_positive("--ft-rate", get("ft_rate", 1.0), "requests per second per user"),
-            requests_per_client=parse_int("--ft-requests-per-client", get("ft_requests_per_client", 100), minimum=0),
-            cancel=CancelPolicy.parse(str(get("ft_cancel", "none"))),
-            request_timeout_s=parse_positive(
-                "--ft-request-timeout", get("ft_request_timeout", DEFAULT_REQUEST_TIMEOUT_S), "seconds"
-            ),
-            verify_tokens=parse_verify(get("ft_verify_tokens", "auto")),
-            ttft_rows=not bool(get("ft_no_ttft_rows", False)),
-        )
+        values = {f.attr: f.parse(get(f.dest, f.default), f.flag) for f in LOAD_FLAGS}
+        values["cancel"] = CancelPolicy.parse(values["cancel"])
+        return cls(model=model or None, verify_tokens=parse_verify(get("ft_verify_tokens", "auto")),
+                   ttft_rows=not bool(get("ft_no_ttft_rows", False)), **values)
 
 
-# --- value parsers: ConfigError with one line naming the flag ---------------------------------
+# --- value parsers: (value as written, where) → the flag's value; ConfigError naming `where` ------
+# `where` is the flag for flags, environment variables and the web UI, and the YAML path for a
+# scenario's `load:` section (`x.yaml: load.rate`), so both say the same thing.
 
 
-def parse_endpoint(value: Any) -> str:
-    text = str(value).strip().lower()
-    _check_endpoint(text)
+def parse_endpoint(value: Any, where: str = "--ft-endpoint") -> str:
+    return _word(value, where, ENDPOINTS)
+
+
+def parse_verify(value: Any, where: str = "--ft-verify-tokens") -> str:
+    return _word(value, where, VERIFY_CHOICES)
+
+
+def parse_cancel(value: Any, where: str = "--ft-cancel") -> str:
+    """The canonical spelling of a cancel policy (what `--ft-cancel` holds once parsed)."""
+    return CancelPolicy.parse(value, where).spec
+
+
+def _word(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in choices:
+        raise validation.error(where, "one of " + ", ".join(choices), value, validation.did_you_mean(text, choices))
     return text
 
 
-def parse_int(flag: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{flag}: expected an integer >= {minimum}, got {value!r}")
-    try:
-        number = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise ConfigError(f"{flag}: expected an integer >= {minimum}, got {value!r}") from None
-    _check_int(flag, number, minimum)
-    return number
+def check_cancel_endpoint(endpoint: str, cancel: CancelPolicy, endpoint_where: str = "--ft-endpoint",
+                          cancel_where: str = "--ft-cancel") -> None:
+    """after-chunks cancels streams only: it needs an endpoint that streams (or the mix)."""
+    if cancel.mode == AFTER_CHUNKS and endpoint not in STREAM_KINDS + ("mix",):
+        raise validation.error(endpoint_where, f"a streaming endpoint (completion-stream, chat-stream or mix) "
+                                               f"for {cancel_where} {cancel.spec}", endpoint)
 
 
-def parse_positive(flag: str, value: Any, unit: str) -> float:
-    try:
-        number = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
-    except ValueError:
-        raise ConfigError(f"{flag}: expected a number > 0 ({unit}), got {value!r}") from None
-    if not 0 < number < float("inf"):
-        raise ConfigError(f"{flag}: expected a number > 0 ({unit}), got {value!r}")
-    return number
+@dataclass(frozen=True)
+class LoadFlag:
+    """One load flag: its scenario `load:` key, `LoadOptions` field, argparse dest, flag name,
+    default, parser, and (numbers) the rule the parser applies."""
+
+    key: str
+    attr: str
+    dest: str
+    flag: str
+    default: Any
+    parse: Callable[[Any, str], Any]
+    rule: dict | None = None
 
 
-def parse_verify(value: Any) -> str:
-    text = str(value).strip().lower()
-    if text not in VERIFY_CHOICES:
-        raise ConfigError(f"--ft-verify-tokens: expected auto, on or off, got {value!r}")
-    return text
+def _number_flag(key: str, attr: str, default: Any, **rule: Any) -> LoadFlag:
+    flag = "--ft-" + key.replace("_", "-")
+    parse = (lambda value, where: int(validation.number(value, where, parse=True, **rule))) if rule.get("integer") \
+        else (lambda value, where: float(validation.number(value, where, parse=True, **rule)))
+    return LoadFlag(key, attr, "ft_" + key, flag, default, parse, rule)
 
 
-def _check_endpoint(value: str) -> None:
-    if value not in ENDPOINTS:
-        raise ConfigError(f"--ft-endpoint: expected one of {', '.join(ENDPOINTS)}, got {value!r}")
+LOAD_FLAGS: tuple[LoadFlag, ...] = (
+    LoadFlag("endpoint", "endpoint", "ft_endpoint", "--ft-endpoint", DEFAULT_ENDPOINT, parse_endpoint),
+    _number_flag("input_tokens", "input_tokens", 100, integer=True, minimum=1),
+    _number_flag("output_tokens", "output_tokens", 100, integer=True, minimum=1),
+    _number_flag("rate", "rate", 1.0, above=0, unit="requests per second per user"),
+    _number_flag("requests_per_client", "requests_per_client", 100, integer=True, minimum=0),
+    LoadFlag("cancel", "cancel", "ft_cancel", "--ft-cancel", "none", parse_cancel),
+    _number_flag("request_timeout", "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S, above=0, unit="seconds"),
+)
+LOAD_FLAG: dict[str, LoadFlag] = {f.key: f for f in LOAD_FLAGS}  # by scenario `load:` key
 
 
-def _check_int(flag: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{flag}: expected an integer >= {minimum}, got {value!r}")
+# --- the run flags (registered by ftlocust.hooks): range rules, the one place ------------------
+
+RUN_FLAGS: dict[str, tuple[str, dict]] = {  # argparse dest → (flag, validation.number rule)
+    "ft_fault_after_requests": ("--ft-fault-after-requests", {"integer": True, "above": 0}),
+    "ft_fault_after_seconds": ("--ft-fault-after-seconds", {"minimum": 0}),
+    "ft_recovery_window": ("--ft-recovery-window", {"minimum": 0}),
+    "ft_target_workers": ("--ft-target-workers", {"integer": True, "above": 0}),
+    "ft_target_migration_limit": ("--ft-target-migration-limit", {"integer": True, "minimum": 0}),
+    "ft_target_token_delay": ("--ft-target-token-delay", {"minimum": 0}),
+}
 
 
-def _check_positive(flag: str, value: Any, unit: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ConfigError(f"{flag}: expected a number > 0 ({unit}), got {value!r}")
+def run_flag(dest: str, value: Any) -> int | float:
+    """One run flag's value (a string is parsed), checked by its rule; ConfigError naming the flag."""
+    flag, rule = RUN_FLAGS[dest]
+    number = validation.number(value, flag, parse=True, **rule)
+    return int(number) if rule.get("integer") else float(number)
+
+
+def check_run_flags(parsed: Any) -> None:
+    """Every run flag that is set, checked by its rule (was hooks._check_numbers)."""
+    for dest in RUN_FLAGS:
+        value = getattr(parsed, dest, None)
+        if value is not None:
+            run_flag(dest, value)
+
+
+def run_flag_type(dest: str) -> Callable[[str], Any]:
+    """An argparse `type=` for a run flag: bad text is one line and exit 2 (not argparse's usage)."""
+    return _argparse_type(lambda text: run_flag(dest, text))
 
 
 # --- Locust wiring ------------------------------------------------------------------------------
@@ -164,8 +200,9 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _cancel_spec(text: str) -> str:
-    return CancelPolicy.parse(text).spec
+def _flag_type(key: str) -> Callable[[str], Any]:
+    flag = LOAD_FLAG[key]
+    return _argparse_type(lambda text: flag.parse(text, flag.flag))
 
 
 def add_arguments(parser) -> None:
@@ -176,28 +213,28 @@ def add_arguments(parser) -> None:
     parser.set_defaults(num_users=DEFAULT_USERS, spawn_rate=DEFAULT_SPAWN_RATE)
     g = parser.add_argument_group("ftlocust load", "LLM requests each user sends (ftlocust/options.py)")
     g.add_argument("--ft-endpoint", env_var="FTLOCUST_ENDPOINT", default=DEFAULT_ENDPOINT,
-                   type=_argparse_type(parse_endpoint), metavar="KIND",
+                   type=_flag_type("endpoint"), metavar="KIND",
                    help="completion | completion-stream | chat | chat-stream | mix (default chat-stream)")
     g.add_argument("--ft-model", env_var="FTLOCUST_MODEL", default="", metavar="ID",
                    help="Model id to request (default: the first one GET /v1/models lists)")
     g.add_argument("--ft-input-tokens", env_var="FTLOCUST_INPUT_TOKENS", default=100, metavar="N",
-                   type=_argparse_type(lambda v: parse_int("--ft-input-tokens", v, minimum=1)),
+                   type=_flag_type("input_tokens"),
                    help="Prompt length in tokens, approximated by words (default 100)")
     g.add_argument("--ft-output-tokens", env_var="FTLOCUST_OUTPUT_TOKENS", default=100, metavar="N",
-                   type=_argparse_type(lambda v: parse_int("--ft-output-tokens", v, minimum=1)),
+                   type=_flag_type("output_tokens"),
                    help="max_tokens, sent with ignore_eos (default 100)")
     g.add_argument("--ft-rate", env_var="FTLOCUST_RATE", default=1.0, metavar="R",
-                   type=_argparse_type(lambda v: parse_positive("--ft-rate", v, "requests per second per user")),
+                   type=_flag_type("rate"),
                    help="Requests per second per user, strict: no two starts closer than 1/R (default 1)")
     g.add_argument("--ft-requests-per-client", env_var="FTLOCUST_REQUESTS_PER_CLIENT", default=100, metavar="N",
-                   type=_argparse_type(lambda v: parse_int("--ft-requests-per-client", v, minimum=0)),
+                   type=_flag_type("requests_per_client"),
                    help="Requests per user, then it stops; the run ends when every user is done (0 = no budget)")
     g.add_argument("--ft-cancel", env_var="FTLOCUST_CANCEL", default="none", metavar="POLICY",
-                   type=_argparse_type(_cancel_spec),
+                   type=_flag_type("cancel"),
                    help="none | before-first-token | after-chunks:N | after-ms:T, optionally @fraction (0<f<=1)")
     g.add_argument("--ft-request-timeout", env_var="FTLOCUST_REQUEST_TIMEOUT", default=DEFAULT_REQUEST_TIMEOUT_S,
                    metavar="S",
-                   type=_argparse_type(lambda v: parse_positive("--ft-request-timeout", v, "seconds")),
+                   type=_flag_type("request_timeout"),
                    help="End-to-end limit per request in seconds, enforced on the socket "
                         f"(default {DEFAULT_REQUEST_TIMEOUT_S:g})")
     g.add_argument("--ft-verify-tokens", env_var="FTLOCUST_VERIFY_TOKENS", default="auto", metavar="auto|on|off",

@@ -2,8 +2,9 @@
 
 Plain Python (no Locust): hooks feed it, users read `TIMELINE`, checks and reports read the dicts.
 
-Definitions (docs/ARCHITECTURE.md): with T_f the first fault's time, a request is `before` if it
-ended <= T_f, `after` if it started >= T_f, `spanning` otherwise. Statistics are always computed
+Definitions (docs/ARCHITECTURE.md): with T_f the first *injected* fault's time (a failed or
+not-fired fault is no fault: it never splits phases or starts a recovery), a request is
+`before` if it ended <= T_f, `after` if it started >= T_f, `spanning` otherwise. Statistics are always computed
 from the records' wall-clock times against the final T_f, never from `record.phase` (which a
 user stamped while the fault broadcast may still have been in flight).
 """
@@ -14,7 +15,7 @@ import bisect
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ftlocust.records import (
     AFTER,
@@ -37,16 +38,45 @@ STAT_GROUPS = (*PHASES, ALL, SEED_BEFORE, SEED_AFTER)
 _EPS = 1e-9
 
 
+# Fault statuses: only INJECTED events are faults for phases, recovery, checks and plots.
+INJECTED = "injected"
+FAILED = "failed"  # inject() raised; `error` says why
+NOT_FIRED = "not_fired"  # the trigger was never reached; `error` says why
+FAULT_STATUSES = (INJECTED, FAILED, NOT_FIRED)
+
+
 @dataclass
 class FaultEvent:
-    """One injected fault as the injector reported it. Times are wall clock (epoch s)."""
+    """One planned fault and what became of it. Times are wall clock (epoch s).
+
+    - `injected_at`: when the injector reported the fault in effect (T_f of this fault); None
+      unless `status` is `injected`.
+    - `recovered_at`: when the fault's effect ended (SIGCONT sent, the restarted process ready,
+      the partition lifted); None when nothing undid it (a SIGKILL without restart).
+    - `rolled_back_at`: when the rollback step ran at the end of the run (None: it did not).
+    - `status`: `injected`, `failed` (inject raised) or `not_fired` (trigger never reached);
+      `error` says why for the last two.
+    """
 
     name: str
     kind: str
     target: str
-    injected_at: float
+    injected_at: float | None
     recovered_at: float | None = None
+    rolled_back_at: float | None = None
+    status: str = INJECTED
+    error: str | None = None
     detail: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in FAULT_STATUSES:
+            raise ValueError(f"fault status must be one of {', '.join(FAULT_STATUSES)}, got {self.status!r}")
+        if self.status == INJECTED and self.injected_at is None:
+            raise ValueError(f"fault {self.name!r}: an injected fault needs injected_at")
+
+    @property
+    def injected(self) -> bool:
+        return self.status == INJECTED and self.injected_at is not None
 
     def to_dict(self) -> dict:
         return {
@@ -55,19 +85,42 @@ class FaultEvent:
             "target": self.target,
             "injected_at": self.injected_at,
             "recovered_at": self.recovered_at,
+            "rolled_back_at": self.rolled_back_at,
+            "status": self.status,
+            "error": self.error,
             "detail": dict(self.detail),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "FaultEvent":
+        """Also reads dicts written before status / error / rolled_back_at existed (injected)."""
+
+        def when(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
+
+        injected_at = when("injected_at")
         return cls(
             name=data["name"],
             kind=data["kind"],
             target=data["target"],
-            injected_at=float(data["injected_at"]),
-            recovered_at=None if data.get("recovered_at") is None else float(data["recovered_at"]),
+            injected_at=injected_at,
+            recovered_at=when("recovered_at"),
+            rolled_back_at=when("rolled_back_at"),
+            status=data.get("status") or (INJECTED if injected_at is not None else FAILED),
+            error=data.get("error"),
             detail=dict(data.get("detail") or {}),
         )
+
+
+def injected_faults(faults: Iterable[FaultEvent]) -> list[FaultEvent]:
+    """The faults that really happened, in injection order."""
+    return sorted((f for f in faults if f.injected), key=lambda f: f.injected_at)
+
+
+def first_fault_time(faults: Iterable[FaultEvent]) -> float | None:
+    """T_f: the first injected fault's time; None when no fault was injected."""
+    injected = injected_faults(faults)
+    return injected[0].injected_at if injected else None
 
 
 def phase_of(start_wall: float, end_wall: float, fault_time: float | None) -> str | None:
@@ -98,7 +151,11 @@ class FaultTimeline:
         self.expecting_faults = False  # a drill with faults: requests before the first are "before"
 
     def record_fault(self, event: FaultEvent) -> bool:
-        """Add `event`; False when an event with the same name and injected_at is already known."""
+        """Add `event`; False when an event with the same name and injected_at is already known,
+        or when it is not an injected fault (a failed or not-fired fault has no time to classify
+        against, so the timeline never holds one)."""
+        if not event.injected:
+            return False
         with self._lock:
             for known in self._faults:
                 if known.name == event.name and known.injected_at == event.injected_at:
@@ -266,6 +323,23 @@ def empty_stats() -> dict:
 
 # --- recovery (client view) -----------------------------------------------------------------
 
+DEFAULT_WINDOW_S = 5.0
+DEFAULT_TOLERANCE = 0.05
+# A window's median latency / TTFT within this factor of the before phase's counts as back, and
+# a request started after T_f that takes longer than factor x the median latency holds recovery
+# back (see `recovery`). 2 rather than 1.5: one factor serves both, and a request twice the
+# median is unusual in steady load, 1.5x less so.
+DEFAULT_LATENCY_FACTOR = 2.0
+
+# The client-view figures, in the table's order; steady state is the last of them all.
+CLIENT_RECOVERY_KEYS = (
+    "time_to_first_success_s",
+    "disruption_window_s",
+    "time_to_sustained_success_s",
+    "time_to_latency_back_s",
+    "time_to_steady_state_s",
+)
+
 
 def _decided(record: RequestRecord) -> bool:
     return record.outcome == OK or record.outcome in FAILURE_OUTCOMES
@@ -274,104 +348,213 @@ def _decided(record: RequestRecord) -> bool:
 def recovery(
     records: Iterable[RequestRecord],
     fault_time: float | None,
-    window_s: float = 5.0,
-    tolerance: float = 0.05,
+    window_s: float = DEFAULT_WINDOW_S,
+    tolerance: float = DEFAULT_TOLERANCE,
+    latency_factor: float = DEFAULT_LATENCY_FACTOR,
 ) -> dict:
-    """Client-view recovery after the fault at `fault_time` (all values in seconds from T_f).
+    """Client-view recovery after the fault at T_f = `fault_time` (every figure: seconds from T_f).
 
-    - `time_to_first_success_s`: the earliest end among successful requests that *started* at
-      or after T_f, minus T_f. None when there is none.
-    - `disruption_window_s`: the latest end among failed requests that ended after T_f
-      (spanning or after), minus T_f; 0.0 when none failed.
-    - `time_to_steady_state_s`: cancelled requests are ignored. Let B be the success ratio of
-      the before phase (1.0 when it has no ok/failed request) and threshold = B - tolerance.
-      Over the requests that ended after T_f, the rolling success ratio at time u is
-      ok / (ok + failed) among those ending in (u - window_s, u]. It is evaluated at every
-      instant it can change (each end, and each end + window_s) from the first end after T_f
-      up to the last end; instants whose window is empty are skipped. Steady state is the
-      first such instant after the last one below threshold (the first one at all when none
-      is below), minus T_f. None when no request ended after T_f, or when the last evaluated
-      window is below threshold (never steady).
-    Also returned: `fault_time` (T_f), `failed_after_fault` (failed requests ending after T_f),
-    `baseline_success_ratio` (B, None when no before phase), `steady_state_threshold`,
-    `window_s`, `tolerance`. Without a fault every measure is None.
+    Cancelled requests (on purpose) are neither success nor failure and are ignored, except
+    where said. "Post" requests are the ok/failed ones that ended after T_f (spanning or after).
+    The rolling window at instant u holds the post requests that ended in (u - window_s, u];
+    windows are evaluated at every instant they can change (each post end, and each end +
+    window_s up to the last post end); instants whose window holds nothing to judge are skipped.
+    "X holds from v on" means X is true at every evaluated instant >= v; the figure is the first
+    evaluated instant >= its lower bound after the last one where X is false.
+
+    - `time_to_first_success_s` (F): the earliest end among successful requests that *started*
+      at or after T_f. A spanning success (migrated, or never touched) is no sign of recovery.
+    - `disruption_window_s`: the latest end among failed post requests; 0.0 when none failed.
+    - `time_to_sustained_success_s` (S): from F on, the rolling success ratio ok / (ok + failed)
+      holds >= threshold = B - `tolerance`, B being the before phase's success ratio (1.0 when
+      the before phase has no ok/failed request). S >= F.
+    - `time_to_latency_back_s` (L): from S on, the rolling p50 latency and p50 TTFT of the
+      successful requests in the window hold <= `latency_factor` x the before phase's p50
+      latency / p50 TTFT (a window without a successful request, or without a TTFT, passes
+      that part; TTFT counts only when the before phase has one), and no request started at
+      or after T_f is outstanding: a request (not cancelled) with end > start + factor x
+      baseline p50 latency (wall clock) is outstanding over (start + factor x baseline, end),
+      so L >= its end. L >= S. None when the before phase has no successful request (no
+      baseline).
+    - `time_to_steady_state_s`: max(L, disruption window): every figure above is behind.
+    Each is None when it never happened, and then every later one is None too (a figure whose
+    condition is false in the last evaluated window never happened). Without a fault (None)
+    every figure is None.
+
+    Also returned: `fault_time`, `failed_after_fault` (failed post requests),
+    `baseline_success_ratio` (B, None without a before phase), `success_threshold`,
+    `latency_baseline_s` / `ttft_baseline_s` (before-phase p50s), `latency_factor`,
+    `window_s`, `tolerance`.
     """
     if window_s <= 0:
         raise ValueError(f"window_s must be > 0, got {window_s}")
+    if latency_factor < 1:
+        raise ValueError(f"latency_factor must be >= 1, got {latency_factor}")
     records = list(records)
-    result = {
-        "fault_time": fault_time,
-        "time_to_first_success_s": None,
-        "disruption_window_s": None,
-        "time_to_steady_state_s": None,
-        "failed_after_fault": None,
-        "baseline_success_ratio": None,
-        "steady_state_threshold": None,
-        "window_s": window_s,
-        "tolerance": tolerance,
-    }
+    result: dict = {"fault_time": fault_time}
+    result.update({key: None for key in CLIENT_RECOVERY_KEYS})
+    result.update(
+        {
+            "failed_after_fault": None,
+            "baseline_success_ratio": None,
+            "success_threshold": None,
+            "latency_baseline_s": None,
+            "ttft_baseline_s": None,
+            "latency_factor": latency_factor,
+            "window_s": window_s,
+            "tolerance": tolerance,
+        }
+    )
     if fault_time is None:
         return result
     t_f = fault_time
 
-    first_ok_ends = [r.end_wall for r in records if r.outcome == OK and r.start_wall >= t_f]
-    if first_ok_ends:
-        result["time_to_first_success_s"] = min(first_ok_ends) - t_f
-
     failed_ends = [r.end_wall for r in records if r.outcome in FAILURE_OUTCOMES and r.end_wall > t_f]
     result["failed_after_fault"] = len(failed_ends)
-    result["disruption_window_s"] = (max(failed_ends) - t_f) if failed_ends else 0.0
+    disruption = (max(failed_ends) - t_f) if failed_ends else 0.0
+    result["disruption_window_s"] = disruption
 
     before = [r for r in records if _decided(r) and r.end_wall <= t_f]
-    baseline = sum(1 for r in before if r.outcome == OK) / len(before) if before else None
+    before_ok = [r for r in before if r.outcome == OK]
+    baseline = len(before_ok) / len(before) if before else None
     threshold = (1.0 if baseline is None else baseline) - tolerance
-    result["baseline_success_ratio"] = baseline
-    result["steady_state_threshold"] = threshold
+    latency_base = percentile([latency_of(r) for r in before_ok], 50)
+    ttft_base = percentile([r.ttft_s for r in before_ok if r.ttft_s is not None], 50)
+    result.update(
+        baseline_success_ratio=baseline,
+        success_threshold=threshold,
+        latency_baseline_s=latency_base,
+        ttft_baseline_s=ttft_base,
+    )
+
+    first_ok_ends = [r.end_wall for r in records if r.outcome == OK and r.start_wall >= t_f]
+    if not first_ok_ends:
+        return result
+    first = min(first_ok_ends)
+    result["time_to_first_success_s"] = first - t_f
 
     post = sorted((r for r in records if _decided(r) and r.end_wall > t_f), key=lambda r: r.end_wall)
-    steady_at = _steady_from(post, window_s, threshold)
-    result["time_to_steady_state_s"] = None if steady_at is None else steady_at - t_f
+    windows = _Windows(post, window_s)
+    sustained = windows.holds_from(first, lambda w: w.ratio() is None or w.ratio() >= threshold - _EPS)
+    if sustained is None:
+        return result
+    result["time_to_sustained_success_s"] = sustained - t_f
+    if latency_base is None:
+        return result
+
+    latency_max = latency_factor * latency_base
+    ttft_max = None if ttft_base is None else latency_factor * ttft_base
+
+    def latency_ok(w: "_Windows") -> bool:
+        p50 = w.latency_p50()
+        if p50 is not None and p50 > latency_max + _EPS:
+            return False
+        ttft = w.ttft_p50()
+        return ttft_max is None or ttft is None or ttft <= ttft_max + _EPS
+
+    back = windows.holds_from(sustained, latency_ok)
+    if back is None:
+        return result
+    hung_ends = [
+        r.end_wall
+        for r in records
+        if r.outcome != CANCELLED and r.start_wall >= t_f and r.end_wall > r.start_wall + latency_max + _EPS
+    ]
+    back = max([back, *hung_ends])
+    result["time_to_latency_back_s"] = back - t_f
+    result["time_to_steady_state_s"] = max(back - t_f, disruption)
     return result
 
 
-def _steady_from(post: list[RequestRecord], window_s: float, threshold: float) -> float | None:
-    """The instant from which the rolling ratio stays >= threshold (see `recovery`)."""
-    if not post:
+class _Windows:
+    """Rolling windows (u - window_s, u] over `post` (sorted by end), evaluated at the instants
+    `recovery` defines, in order, with a running success count and sorted latencies / TTFTs of
+    the successful requests inside."""
+
+    def __init__(self, post: list[RequestRecord], window_s: float):
+        self.post = post
+        self.window_s = window_s
+        ends = [r.end_wall for r in post]
+        last = ends[-1] if ends else None
+        self.instants = sorted({*ends, *(e + window_s for e in ends if last is not None and e + window_s <= last)})
+
+    def _walk(self):
+        """Yield (u, self) per instant with the window's contents current."""
+        post, lo, hi = self.post, 0, 0
+        self._n = self._ok = 0
+        self._lat: list[float] = []
+        self._ttft: list[float] = []
+        for u in self.instants:
+            while hi < len(post) and post[hi].end_wall <= u:
+                self._add(post[hi], +1)
+                hi += 1
+            while lo < hi and post[lo].end_wall <= u - self.window_s:
+                self._add(post[lo], -1)
+                lo += 1
+            if self._n:
+                yield u
+
+    def _add(self, r: RequestRecord, sign: int) -> None:
+        self._n += sign
+        if r.outcome != OK:
+            return
+        self._ok += sign
+        for values, v in ((self._lat, latency_of(r)), (self._ttft, r.ttft_s)):
+            if v is None:
+                continue
+            if sign > 0:
+                bisect.insort(values, v)
+            else:
+                del values[bisect.bisect_left(values, v)]
+
+    def ratio(self) -> float | None:
+        return self._ok / self._n if self._n else None
+
+    def latency_p50(self) -> float | None:
+        return _p50_sorted(self._lat)
+
+    def ttft_p50(self) -> float | None:
+        return _p50_sorted(self._ttft)
+
+    def holds_from(self, lower: float, condition) -> float | None:
+        """The first instant >= `lower` from which `condition(self)` holds at every later
+        evaluated instant; None when it is false at the last one (or no instant is >= lower)."""
+        since: float | None = None
+        for u in self._walk():
+            if u < lower:
+                continue
+            if not condition(self):
+                since = None
+            elif since is None:
+                since = u
+        return since
+
+
+def _p50_sorted(xs: list[float]) -> float | None:
+    """`percentile(xs, 50)` of an already sorted list."""
+    if not xs:
         return None
-    ends = [r.end_wall for r in post]
-    ok_prefix = [0]
-    for r in post:
-        ok_prefix.append(ok_prefix[-1] + (1 if r.outcome == OK else 0))
-    last = ends[-1]
-    instants = sorted({*ends, *(e + window_s for e in ends if e + window_s <= last)})
-    steady_at: float | None = None
-    for u in instants:
-        lo = bisect.bisect_right(ends, u - window_s)
-        hi = bisect.bisect_right(ends, u)
-        if hi == lo:
-            continue
-        ratio = (ok_prefix[hi] - ok_prefix[lo]) / (hi - lo)
-        if ratio < threshold - _EPS:
-            steady_at = None
-        elif steady_at is None:
-            steady_at = u
-    return steady_at
+    rank = (len(xs) - 1) / 2.0
+    lo, hi = math.floor(rank), math.ceil(rank)
+    return xs[lo] + (xs[hi] - xs[lo]) * (rank - lo)
 
 
 def per_fault(
     records: Iterable[RequestRecord],
     faults: Sequence[FaultEvent],
-    window_s: float = 5.0,
-    tolerance: float = 0.05,
+    window_s: float = DEFAULT_WINDOW_S,
+    tolerance: float = DEFAULT_TOLERANCE,
+    latency_factor: float = DEFAULT_LATENCY_FACTOR,
 ) -> list[dict]:
-    """Phases and recovery around each of several faults, in injection order.
+    """Phases and recovery around each injected fault, in injection order (failed and
+    not-fired faults are left out: they have no time to split at).
 
     Fault k (time T_k) sees the requests that ended in (T_{k-1}, T_{k+1}] (no bound before the
     first or after the last fault), classified against T_k: before/after run between
     consecutive faults. A request spanning T_{k+1} belongs to fault k+1 only.
     """
     records = list(records)
-    ordered = sorted(faults, key=lambda f: f.injected_at)
+    ordered = injected_faults(faults)
     out = []
     for k, fault in enumerate(ordered):
         lower = ordered[k - 1].injected_at if k > 0 else -math.inf
@@ -381,7 +564,63 @@ def per_fault(
             {
                 "fault": fault.to_dict(),
                 "phases": phase_stats(mine, fault.injected_at),
-                "recovery": recovery(mine, fault.injected_at, window_s, tolerance),
+                "recovery": recovery(mine, fault.injected_at, window_s, tolerance, latency_factor),
             }
         )
     return out
+
+
+def analyse(
+    records: Iterable[RequestRecord],
+    faults: Sequence[FaultEvent],
+    server_recovery: Mapping[str, float | None] | None = None,
+    window_s: float = DEFAULT_WINDOW_S,
+    tolerance: float = DEFAULT_TOLERANCE,
+    latency_factor: float = DEFAULT_LATENCY_FACTOR,
+) -> dict:
+    """Everything a run's verdicts and reports need from its records and planned faults.
+
+    `faults`: every fault of the scenario, in the scenario's order, whatever became of it.
+    `server_recovery`: fault name → server-view recovery in s (T_f → the faulted component or
+    its replacement serves), None or absent when not measured.
+
+    Returns:
+    - `fault_time`: T_f of the first injected fault (None when none was injected);
+    - `phases`, `recovery`: `phase_stats` / `recovery` of all records against that T_f, the
+      recovery with `server_recovery_s` of that fault (what checks read);
+    - `per_fault`: one entry per planned fault, in the scenario's order: `name`, `status`,
+      `error`, `fault` (its `to_dict`), `server_recovery_s`, and for an injected fault its own
+      `phases` and `recovery` (see `per_fault`; the recovery carries `server_recovery_s` too);
+      a failed or not-fired fault has `phases` and `recovery` None.
+    """
+    records = list(records)
+    faults = list(faults)
+    server_recovery = dict(server_recovery or {})
+    injected = injected_faults(faults)
+    fault_time = injected[0].injected_at if injected else None
+    whole = recovery(records, fault_time, window_s, tolerance, latency_factor)
+    whole["server_recovery_s"] = server_recovery.get(injected[0].name) if injected else None
+    around = {id(f): entry for f, entry in zip(injected, per_fault(records, injected, window_s, tolerance, latency_factor))}
+    entries = []
+    for fault in faults:
+        mine = around.get(id(fault))
+        server_s = server_recovery.get(fault.name) if fault.injected else None
+        if mine is not None:
+            mine["recovery"]["server_recovery_s"] = server_s
+        entries.append(
+            {
+                "name": fault.name,
+                "status": fault.status,
+                "error": fault.error,
+                "fault": fault.to_dict(),
+                "server_recovery_s": server_s,
+                "phases": mine["phases"] if mine else None,
+                "recovery": mine["recovery"] if mine else None,
+            }
+        )
+    return {
+        "fault_time": fault_time,
+        "phases": phase_stats(records, fault_time),
+        "recovery": whole,
+        "per_fault": entries,
+    }

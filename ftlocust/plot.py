@@ -1,7 +1,9 @@
 """The run's timeline as a picture (`timeline.png`): what clients saw around each fault.
 
 Top: every request as a bar from its start to its end, one row per request in start order,
-coloured by outcome; the fault (dashed) and its recovery (dotted) as vertical lines. Bottom:
+coloured by outcome; each injected fault (dashed red), the end of its effect (`recovered_at`,
+dotted green) and its rollback (`rolled_back_at`, dash-dot grey) as vertical lines — a fault
+that failed or never fired is not drawn. Bottom:
 per second, requests finished ok / failed and the success ratio. matplotlib is imported here
 only, with the non-interactive Agg backend: the plot is drawn once, at the end of a run.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from ftlocust.phases import FaultEvent
+from ftlocust.phases import FaultEvent, injected_faults
 from ftlocust.records import CANCELLED, OK, RequestRecord
 
 OUTCOME_COLOURS = {
@@ -25,13 +27,34 @@ OUTCOME_COLOURS = {
 }
 
 
+MARK_STYLES = {  # mark -> (colour, line style, width)
+    "injected": ("#b71c1c", "--", 1.2),
+    "recovered": ("#1b5e20", ":", 1.2),
+    "rolled_back": ("#616161", "-.", 1.0),
+}
+
+
+def fault_marks(faults: Iterable[FaultEvent]) -> list[tuple[float, str, FaultEvent]]:
+    """The vertical lines to draw: (time, mark, fault) for every injected fault — `injected`
+    at injected_at, `recovered` at recovered_at and `rolled_back` at rolled_back_at where set.
+    Failed and not-fired faults have none."""
+    marks = []
+    for fault in injected_faults(faults):
+        marks.append((fault.injected_at, "injected", fault))
+        if fault.recovered_at is not None:
+            marks.append((fault.recovered_at, "recovered", fault))
+        if fault.rolled_back_at is not None:
+            marks.append((fault.rolled_back_at, "rolled_back", fault))
+    return marks
+
+
 def timeline_png(records: Sequence[RequestRecord], faults: Iterable[FaultEvent], path: str, title: str = "") -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    faults = list(faults)
+    faults = injected_faults(faults)
     done = sorted((r for r in records if r.end_wall and r.start_wall), key=lambda r: r.start_wall)
     t0 = min([r.start_wall for r in done] + [f.injected_at for f in faults], default=0.0)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=(3, 1.4))
@@ -67,13 +90,13 @@ def timeline_png(records: Sequence[RequestRecord], faults: Iterable[FaultEvent],
     ratio.set_ylim(0, 1.05)
     ratio.set_ylabel("success ratio", color="#1565c0")
 
-    for fault in faults:
+    for when, mark, fault in fault_marks(faults):
+        colour, style, width = MARK_STYLES[mark]
         for axis in (top, bottom):
-            axis.axvline(fault.injected_at - t0, color="#b71c1c", linestyle="--", linewidth=1.2)
-            if fault.recovered_at:
-                axis.axvline(fault.recovered_at - t0, color="#1b5e20", linestyle=":", linewidth=1.2)
-        top.annotate(f"{fault.name} ({fault.target})", xy=(fault.injected_at - t0, 1.0), xycoords=("data", "axes fraction"),
-                     xytext=(3, -12), textcoords="offset points", color="#b71c1c", fontsize=8)
+            axis.axvline(when - t0, color=colour, linestyle=style, linewidth=width)
+        if mark == "injected":
+            top.annotate(f"{fault.name} ({fault.target})", xy=(when - t0, 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(3, -12), textcoords="offset points", color=colour, fontsize=8)
     if by_outcome:
         top.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

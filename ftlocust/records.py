@@ -16,9 +16,9 @@ from typing import IO, Iterable, Iterator
 OK = "ok"
 REJECTED = "rejected"  # HTTP 503 (load shedding / not ready)
 HTTP_ERROR = "http_error"  # any other non-200 status
-STREAM_ERROR_EVENT = "stream_error_event"  # {"error": ...} inside a 200 body or SSE stream
+STREAM_ERROR_EVENT = "stream_error_event"  # {"error": ...} or an `event: error` frame inside a 200 body
 TRUNCATED = "truncated"  # stream ended without [DONE] / finish_reason, or fewer tokens than expected
-CONNECTION_ERROR = "connection_error"
+CONNECTION_ERROR = "connection_error"  # no response: refused, reset, closed before an answer
 TIMEOUT = "timeout"
 CANCELLED = "cancelled"
 
@@ -52,18 +52,28 @@ class RequestRecord:
     end_wall: float = 0.0
     end_mono: float = 0.0
     latency_s: float | None = None
-    ttft_s: float | None = None
+    ttft_s: float | None = None  # to the first content chunk (text, content or reasoning)
+    # inter-chunk latencies: between content chunks (a chunk may carry several tokens)
     itl_mean_s: float | None = None
     itl_p50_s: float | None = None
     itl_max_s: float | None = None
-    output_tokens: int = 0  # counted from the stream (content events) or the body
-    usage_prompt_tokens: int | None = None
+    # Output tokens, counted (streams, see ftlocust/responses.py): by the server's per-chunk token
+    # information (cumulative usage on every chunk, token_ids / logprobs lists), else one per
+    # content chunk (reasoning included). Non-stream: usage.completion_tokens, else words.
+    # The expected-tokens check and the token statistics use this figure.
+    output_tokens: int = 0
+    token_source: str | None = None  # how: chunk-usage | token-lists | chunks | usage | words
+    content_chunks: int = 0  # streams: chunks that carried content (text, content, reasoning)
+    usage_prompt_tokens: int | None = None  # as the server reported them (its last usage object)
     usage_completion_tokens: int | None = None
+    token_count_mismatch: str | None = None  # streams: "stream 25 vs usage 100" when they disagree
     expected_tokens: int | None = None  # max_tokens when ignore_eos was sent
     finish_reason: str | None = None
     status: int | None = None  # HTTP status, None when no response came
     outcome: str = OK
     error: str | None = None
+    # resent once on a new connection: the kept-alive connection was closed by the server before
+    # any byte of the answer came back (the server never processed the request)
     retries: int = 0
     cancel_policy: str | None = None  # the policy that cancelled it, e.g. "after-chunks:5"
     token_check: str | None = None  # reference deployment: "ok" or what broke continuity

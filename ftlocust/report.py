@@ -8,7 +8,7 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 from ftlocust.checks import Verdict
-from ftlocust.phases import STAT_GROUPS, FaultEvent, empty_stats
+from ftlocust.phases import CLIENT_RECOVERY_KEYS, INJECTED, NOT_FIRED, STAT_GROUPS, empty_stats
 
 SEED_COLUMNS = (
     "Failure",
@@ -28,9 +28,18 @@ EXTENDED_COLUMNS = (
     "TTFT p50 After",
     "Cut Streams",
     "Cancelled",
+    "First OK",
+    "Disruption",
+    "Sustained",
+    "Latency Back",
+    "Steady",
 )
-RECOVERY_KEYS = ("time_to_first_success_s", "disruption_window_s", "time_to_steady_state_s", "server_recovery_s")
+# The client-view figures behind the last five extended columns, in that order.
+CLIENT_COLUMNS = dict(zip(EXTENDED_COLUMNS[-len(CLIENT_RECOVERY_KEYS):], CLIENT_RECOVERY_KEYS))
+RECOVERY_KEYS = (*CLIENT_RECOVERY_KEYS, "server_recovery_s")
 MISSING = "N/A"
+# What a fault's row says in place of numbers when the fault did not happen.
+STATUS_TEXT = {"failed": "not injected", NOT_FIRED: "not fired"}
 
 
 # --- table --------------------------------------------------------------------------------------
@@ -65,40 +74,42 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def table_row(summary: Mapping, extended: bool = True) -> list[Any]:
-    """One results-table row from a `build_summary` dict (or a `row_from` dict), seed semantics:
+def table_row(row: Mapping, extended: bool = True) -> list[Any]:
+    """One results-table row from a row dict (`fault_rows`, `row_from`), seed semantics:
     Before/After split by completion time (spanning requests count as After), latency = mean of
-    successful requests, After columns N/A without a fault, Recovery = server-view recovery
-    (`server_recovery_s`) when measured, else the client's `time_to_first_success_s`.
-    Extended: spanning ok/failed, TTFT p50 of the strict before/after phases, cut streams and
-    cancelled requests over the whole run. Failure: `failure` if given, else the fault names
-    joined by "+", else "none". A fault happened when `fault_time` is set (else: any fault)."""
-    faults = summary.get("faults") or []
-    phases = summary.get("phases") or {}
-    rec = summary.get("recovery") or {}
-    had_fault = summary["fault_time"] is not None if "fault_time" in summary else bool(faults)
+    successful requests, After columns N/A without a fault, Recovery = the server view
+    (`server_recovery_s`: T_f → the faulted component or its replacement serves), N/A when not
+    measured. Extended: spanning ok/failed, TTFT p50 of the strict before/after phases, cut
+    streams and cancelled requests of the row's requests, then the client-view recovery
+    figures (`phases.recovery`): First OK, Disruption, Sustained, Latency Back, Steady.
+    Failure: `failure`, else "none". A fault happened when `fault_time` is set. A row whose
+    `status` is failed / not_fired (the fault did not happen) says `not injected` / `not fired`
+    in every cell after Startup."""
+    phases = row.get("phases") or {}
+    rec = row.get("recovery") or {}
+    had_fault = row.get("fault_time") is not None
+    width = len(SEED_COLUMNS) + (len(EXTENDED_COLUMNS) if extended else 0)
+    head = [row.get("failure") or "none", row.get("startup_s")]
+    status = row.get("status") or INJECTED
+    if status != INJECTED:
+        return head + [STATUS_TEXT.get(status, status)] * (width - 2)
 
     def stat(group: str, key: str, needs_fault: bool = True) -> Any:
         if needs_fault and not had_fault:
             return None
         return (phases.get(group) or {}).get(key)
 
-    recovery_s = rec.get("server_recovery_s")
-    if recovery_s is None:
-        recovery_s = rec.get("time_to_first_success_s")
-    row = [
-        summary.get("failure") or "+".join(f["name"] for f in faults) or "none",
-        summary.get("startup_s"),
+    cells = head + [
         stat("seed_before", "success", needs_fault=False),
         stat("seed_before", "failed", needs_fault=False),
         stat("seed_after", "success"),
         stat("seed_after", "failed"),
         stat("seed_before", "latency_mean_s", needs_fault=False),
         stat("seed_after", "latency_mean_s"),
-        recovery_s if had_fault else None,
+        rec.get("server_recovery_s") if had_fault else None,
     ]
     if extended:
-        row += [
+        cells += [
             stat("spanning", "success"),
             stat("spanning", "failed"),
             stat("before", "ttft_p50_s", needs_fault=False),
@@ -106,7 +117,8 @@ def table_row(summary: Mapping, extended: bool = True) -> list[Any]:
             stat("all", "cut_streams", needs_fault=False),
             stat("all", "cancelled", needs_fault=False),
         ]
-    return row
+        cells += [rec.get(key) if had_fault else None for key in CLIENT_COLUMNS.values()]
+    return cells
 
 
 def row_from(
@@ -116,19 +128,47 @@ def row_from(
     recovery: Mapping,
     records: Any = None,
     fault_time: float | None = None,
+    status: str = INJECTED,
 ) -> dict:
     """A table row without a full summary. `fault_time` defaults to `recovery["fault_time"]`
     (set by `phases.recovery`); `records` is accepted and unused (the table needs only stats)."""
     if fault_time is None:
         fault_time = recovery.get("fault_time")
-    return {"failure": failure, "fault_time": fault_time, "startup_s": startup_s,
+    return {"failure": failure, "status": status, "fault_time": fault_time, "startup_s": startup_s,
             "phases": phases, "recovery": recovery}
 
 
-def results_table(rows: Iterable[Mapping], extended: bool = True) -> str:
-    """The seed's results table, one row per run: `build_summary` dicts or `row_from` dicts."""
+def fault_rows(summary: Mapping) -> list[dict]:
+    """The table's rows of one run: one per planned fault (`summary["per_fault"]`, scenario
+    order: its own phases and recovery, or its status when it did not happen), or — no fault
+    in the scenario, or a row dict given — one row for the whole run."""
+    entries = summary.get("per_fault")
+    if not entries:
+        if "per_fault" not in summary:  # already a row (row_from)
+            return [summary]
+        return [row_from(summary.get("failure") or "none", summary.get("startup_s"), summary.get("phases") or {},
+                         summary.get("recovery") or {}, fault_time=summary.get("fault_time"))]
+    rows = []
+    for entry in entries:
+        fault = entry.get("fault") or {}
+        rows.append(
+            {
+                "failure": entry.get("name") or fault.get("name"),
+                "status": entry.get("status") or INJECTED,
+                "fault_time": fault.get("injected_at"),
+                "startup_s": summary.get("startup_s"),
+                "phases": entry.get("phases") or {},
+                "recovery": entry.get("recovery") or {},
+            }
+        )
+    return rows
+
+
+def results_table(runs: Iterable[Mapping], extended: bool = True) -> str:
+    """The seed's results table: for each run (`build_summary` dict) one row per planned fault
+    (`fault_rows`); a `row_from` dict is one row."""
     headers = SEED_COLUMNS + (EXTENDED_COLUMNS if extended else ())
-    return format_table(headers, [table_row(s, extended) for s in rows])
+    return format_table(headers, [table_row(row, extended) for run in runs for row in fault_rows(run)])
 
 
 # --- summary and artifacts ----------------------------------------------------------------------
@@ -138,36 +178,54 @@ def _as_dict(item: Any) -> dict:
     return item.to_dict() if hasattr(item, "to_dict") else dict(item)
 
 
+def _full_recovery(rec: Mapping | None) -> dict:
+    out = dict(rec or {})
+    for key in RECOVERY_KEYS:
+        out.setdefault(key, None)
+    return out
+
+
 def build_summary(
     scenario_name: str,
-    faults: Iterable[FaultEvent | Mapping],
-    phases: Mapping,
-    recovery: Mapping,
+    analysis: Mapping,
     startup_s: float | None,
     verdicts: Iterable[Verdict | Mapping],
     extra: Mapping | None = None,
 ) -> dict:
-    """The machine-readable record of one run (`summary.json`).
+    """The machine-readable record of one run (`summary.json`), from `phases.analyse(...)`.
 
-    Keys: scenario, fault_time (first fault's injected_at or None), faults (name, kind, target,
-    injected_at, recovered_at, detail), phases (before / spanning / after / all / seed_before /
-    seed_after, each `phases.stats`; missing ones empty), recovery (the `phases.recovery` dict,
-    with time_to_first_success_s, disruption_window_s, time_to_steady_state_s and
-    server_recovery_s always present, None when unknown), startup_s, checks (name, passed,
-    detail), passed (every check passed; True with no checks), extra (`extra`, as given).
+    Keys:
+    - scenario;
+    - fault_time: the first injected fault's injected_at, None when none was injected;
+    - faults: every planned fault in the scenario's order (`FaultEvent.to_dict`: name, kind,
+      target, injected_at, recovered_at, rolled_back_at, status, error, detail);
+    - phases: before / spanning / after / all / seed_before / seed_after against fault_time,
+      each `phases.stats` (missing ones empty);
+    - recovery: `phases.recovery` against fault_time (time_to_first_success_s,
+      disruption_window_s, time_to_sustained_success_s, time_to_latency_back_s,
+      time_to_steady_state_s, server_recovery_s always present, None when unknown; plus the
+      baselines and parameters used);
+    - per_fault: one entry per planned fault, scenario order (`phases.analyse`): name, status,
+      error, fault, server_recovery_s, and phases / recovery of that fault (None when it did
+      not happen);
+    - startup_s; checks (name, passed, detail: built-in verdicts first); passed (every verdict
+      passed; True with none); extra (`extra`, as given).
     """
-    fault_list = sorted((_as_dict(f) for f in faults), key=lambda f: f["injected_at"])
-    phase_dict = {group: dict(phases.get(group) or empty_stats()) for group in STAT_GROUPS}
-    rec = dict(recovery)
-    for key in RECOVERY_KEYS:
-        rec.setdefault(key, None)
+    entries = []
+    for entry in analysis.get("per_fault") or []:
+        entry = dict(entry)
+        if entry.get("recovery") is not None:
+            entry["recovery"] = _full_recovery(entry["recovery"])
+        entries.append(entry)
+    phases = analysis.get("phases") or {}
     checks = [_as_dict(v) for v in verdicts]
     return {
         "scenario": scenario_name,
-        "fault_time": fault_list[0]["injected_at"] if fault_list else None,
-        "faults": fault_list,
-        "phases": phase_dict,
-        "recovery": rec,
+        "fault_time": analysis.get("fault_time"),
+        "faults": [dict(e["fault"]) for e in entries],
+        "phases": {group: dict(phases.get(group) or empty_stats()) for group in STAT_GROUPS},
+        "recovery": _full_recovery(analysis.get("recovery")),
+        "per_fault": entries,
         "startup_s": startup_s,
         "checks": checks,
         "passed": all(bool(c["passed"]) for c in checks),
@@ -218,8 +276,9 @@ def _when(ts: float | None) -> str:
 
 
 def write_html(dir: str, summary: Mapping, table_text: str, timeline_png: str | None = None) -> str:
-    """A self-contained `report.html`: verdicts, the results table, phases, recovery, faults and
-    the timeline picture (embedded, so the file can be mailed or attached to a CI run)."""
+    """A self-contained `report.html`: verdicts, the results table (a row per fault), phases,
+    recovery (whole run and per injected fault), every planned fault with its status / error
+    and times, and the timeline picture (embedded, so the file can be mailed or attached to a CI run)."""
     import base64
     import html
 
@@ -237,10 +296,20 @@ def write_html(dir: str, summary: Mapping, table_text: str, timeline_png: str | 
         for key, label in _PHASE_ROWS
     )
     recovery = summary.get("recovery") or {}
-    recovery_rows = "".join(f"<tr><th>{esc(k)}</th><td>{format_cell(recovery.get(k))}</td></tr>" for k in RECOVERY_KEYS)
-    fault_rows = "".join(
-        f"<tr><td>{esc(str(f.get('name')))}</td><td>{esc(str(f.get('kind')))}</td><td>{esc(str(f.get('target')))}</td>"
+    entries = [e for e in summary.get("per_fault") or [] if e.get("recovery") is not None]
+    # One column for the whole run (against the first fault), one per injected fault.
+    rec_cols = [("whole run", recovery)] + [(str(e.get("name")), e["recovery"]) for e in entries]
+    rec_head = "".join(f"<th>{esc(name)}</th>" for name, _ in rec_cols)
+    recovery_rows = "".join(
+        f"<tr><th>{esc(k)}</th>" + "".join(f"<td>{format_cell(r.get(k))}</td>" for _, r in rec_cols) + "</tr>"
+        for k in RECOVERY_KEYS
+    )
+    fault_rows_html = "".join(
+        f'<tr class="{"pass" if f.get("status", INJECTED) == INJECTED else "fail"}">'
+        f"<td>{esc(str(f.get('status', INJECTED)))}</td><td>{esc(str(f.get('name')))}</td>"
+        f"<td>{esc(str(f.get('kind')))}</td><td>{esc(str(f.get('target')))}</td>"
         f"<td>{_when(f.get('injected_at'))}</td><td>{_when(f.get('recovered_at'))}</td>"
+        f"<td>{_when(f.get('rolled_back_at'))}</td><td>{esc(str(f.get('error') or ''))}</td>"
         f"<td>{esc(json.dumps(f.get('detail') or {}, default=str))}</td></tr>"
         for f in summary.get("faults") or []
     )
@@ -257,6 +326,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 0.9em; }}
 tr.pass td:first-child {{ color: #2e7d32; font-weight: bold; }} tr.fail td:first-child {{ color: #c62828; font-weight: bold; }}
 pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }}
+tr.pass td:first-child, tr.fail td:first-child {{ white-space: nowrap; }}
 .verdict {{ font-size: 1.4em; font-weight: bold; color: {'#2e7d32' if passed else '#c62828'}; }}
 img {{ max-width: 100%; }}
 </style></head><body>
@@ -266,8 +336,9 @@ img {{ max-width: 100%; }}
 <h2>Results</h2><pre>{esc(table_text)}</pre>
 <h2>Timeline</h2>{image or '<p>no timeline</p>'}
 <h2>Phases</h2><table><tr><th></th>{''.join(f'<th>{g}</th>' for g in groups)}</tr>{phase_rows}</table>
-<h2>Recovery</h2><table>{recovery_rows}<tr><th>startup_s</th><td>{format_cell(summary.get('startup_s'))}</td></tr></table>
-<h2>Faults</h2><table><tr><th>name</th><th>kind</th><th>target</th><th>injected at</th><th>recovered at</th><th>detail</th></tr>{fault_rows}</table>
+<h2>Recovery</h2><p>seconds from each fault; whole run: against the first injected fault</p>
+<table><tr><th></th>{rec_head}</tr>{recovery_rows}<tr><th>startup_s</th><td>{format_cell(summary.get('startup_s'))}</td></tr></table>
+<h2>Faults</h2><table><tr><th>status</th><th>name</th><th>kind</th><th>target</th><th>injected at</th><th>recovered at</th><th>rolled back at</th><th>error</th><th>detail</th></tr>{fault_rows_html or '<tr><td colspan="9">no fault in the scenario</td></tr>'}</table>
 </body></html>
 """
     path = os.path.join(dir, "report.html")

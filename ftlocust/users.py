@@ -6,15 +6,22 @@ A locustfile defines (or imports) exactly the classes it wants to run — Locust
 non-abstract User class it finds in the locustfile's namespace.
 
 Per request (see docs/ARCHITECTURE.md "Success" and shared/reference/locust-facts.md):
-- payload: a prompt of `--ft-input-tokens` tokens, approximated by words (`build_prompt`),
+- payload (ftlocust/payloads.py): a prompt of `--ft-input-tokens` tokens, approximated by words,
   `max_tokens`, `ignore_eos: true`, an integer `seed` derived from the client id and the
-  request's sequence number (the reference deployment derives token i from (seed, i)), and
-  `stream_options.include_usage` for streams;
-- SSE is read with geventhttpclient's `readline(b"\\n")` (incremental, cheap) until the HTTP
-  message ends — never only until `[DONE]`, which would leak the connection and its pool slot;
-- TTFT is taken at the first event with content, inter-token latencies between content events;
-  output tokens are counted from the stream (content events) and kept from `usage` as well;
+  request's sequence number (the reference deployment derives token i from (seed, i)), and for
+  streams `stream_options: {include_usage, continuous_usage_stats}`;
+- SSE is read with geventhttpclient's `readline(b"\n")` (incremental, cheap) until the HTTP
+  message ends — never only until `[DONE]`, which would leak the connection and its pool slot —
+  and each line goes to ftlocust/responses.py's `StreamReader` with the time it arrived; that
+  module also decides the outcome and fills tokens (counted from the stream: per-chunk usage,
+  token lists, else one per content chunk; `usage` kept as reported), TTFT (first content or
+  reasoning chunk) and inter-chunk latencies;
 - `--ft-request-timeout` and `--ft-cancel` end a request at socket level (ftlocust/cancel.py);
+- a request that got no byte of an answer because the server had already closed the kept-alive
+  connection it was sent on (legal HTTP: `Connection: close` without the header, an idle
+  timeout like uvicorn's 5 s racing the next request) is sent once more on a new connection and
+  counted in `record.retries`; nothing else is retried (refused, reset mid-body, no answer on a
+  new connection: the server's failure, reported as such);
 - exactly one Locust `request` event per request (request_type "POST", name "<kind>" or
   "<kind> [<phase>]", end-to-end response time, response_length = output tokens, exception for
   failures, `context={"ft_record": record}`), plus a "TTFT" row unless `--ft-no-ttft-rows`.
@@ -36,7 +43,6 @@ TLS failure, not an OpenAI server, no or unknown model, a 4xx for our payload) i
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -44,12 +50,11 @@ import socket
 import sys
 import time
 import warnings
-import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
 import gevent.lock
+from geventhttpclient.response import HTTPConnectionClosed
 from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.exception import StopUser
@@ -59,109 +64,34 @@ from ftlocust import cancel as cancel_mod
 from ftlocust.cancel import TRACKER, CancelPolicy, InFlight
 from ftlocust.errors import ConfigError
 from ftlocust.options import LoadOptions
-from ftlocust.records import (
-    CANCELLED,
-    CONNECTION_ERROR,
-    HTTP_ERROR,
-    OK,
-    REJECTED,
-    STREAM_ERROR_EVENT,
-    TIMEOUT,
-    TRUNCATED,
-    RequestRecord,
+from ftlocust.payloads import (
+    KINDS,
+    STREAM_HEADERS,
+    UNARY_HEADERS,
+    RequestKind,
+    build_payload,
+    build_prompt,
+    kind_for_mix,
+    request_seed,
+)
+from ftlocust.records import CANCELLED, OK, RequestRecord
+from ftlocust.responses import (
+    ResponseRead,
+    StreamReader,
+    classify,
+    error_message,
+    one_line,
+    read_unary,
+    request_id,
+    token_check,
 )
 
 log = logging.getLogger("ftlocust.users")
-
-# Load shedding: 503 (Service Unavailable, also "not ready") and Dynamo's 529 (Overloaded, seen
-# with --active-decode-blocks-threshold on Dynamo 1.6.1).
-REJECTION_STATUSES = (503, 529)
-
-
-# --- request kinds and payloads ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestKind:
-    name: str
-    path: str
-    stream: bool
-    chat: bool
-
-
-KINDS = {
-    "completion": RequestKind("completion", "/v1/completions", stream=False, chat=False),
-    "completion-stream": RequestKind("completion-stream", "/v1/completions", stream=True, chat=False),
-    "chat": RequestKind("chat", "/v1/chat/completions", stream=False, chat=True),
-    "chat-stream": RequestKind("chat-stream", "/v1/chat/completions", stream=True, chat=True),
-}
-
-# The "mix" endpoint: weights per kind, chosen per request from its seed (reproducible).
-MIX_WEIGHTS = (("chat-stream", 4), ("completion-stream", 2), ("chat", 1), ("completion", 1))
-_MIX_TABLE = tuple(kind for kind, weight in MIX_WEIGHTS for _ in range(weight))
-
-# Common English words that BPE vocabularies (GPT, Llama, Qwen…) encode as one token each.
-_WORDS = (
-    "the of and to in is was for that on as with by he at from his an were are which this be "
-    "or has had not but first one their its new after who they have her she two been other when "
-    "there all during into school time may years more most only over city some world would where "
-    "later up such used many can state about national out known university united then made "
-    "team him american under year while them high part well three being through both early "
-    "however film season before second these people game like also war could between group "
-    "since age music area name number long found main each government house several life "
-    "series off well day began because best around end although four league form club held "
-    "same took last home following became line family album river south north west east large "
-    "small water light power place point field order water party public record history side"
-).split()
-
-STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream", "Accept-Encoding": "identity"}
-UNARY_HEADERS = {"Content-Type": "application/json", "Accept": "application/json", "Accept-Encoding": "identity"}
-
-
-def request_seed(client_id: str, seq: int) -> int:
-    """The request's seed: deterministic from client id and sequence number, fits an int32."""
-    return zlib.crc32(f"{client_id}#{seq}".encode()) & 0x7FFFFFFF
-
-
-def build_prompt(n_tokens: int, seed: int) -> str:
-    """About `n_tokens` tokens: the request's seed (so prefix caches cannot skip the prefill of a
-    whole prompt) and then n-1 common words, each one token in usual BPE vocabularies. Word
-    counts are an approximation of token counts; the server's `usage.prompt_tokens` is exact."""
-    if n_tokens <= 1:
-        return str(seed)
-    return f"{seed} {_prompt_words(n_tokens - 1, seed % len(_WORDS))}"
-
-
-@functools.lru_cache(maxsize=1024)
-def _prompt_words(count: int, start: int) -> str:
-    n = len(_WORDS)
-    return " ".join(_WORDS[(start + i * 37) % n] for i in range(count))
-
-
-def build_payload(kind: RequestKind, model: str, prompt: str, max_tokens: int, seed: int,
-                  extra: dict | None = None) -> dict:
-    payload: dict[str, Any] = {"model": model}
-    if kind.chat:
-        payload["messages"] = [{"role": "user", "content": prompt}]
-    else:
-        payload["prompt"] = prompt
-    payload.update(max_tokens=max_tokens, ignore_eos=True, seed=seed, stream=kind.stream)
-    if kind.stream:
-        payload["stream_options"] = {"include_usage": True}
-    if extra:
-        payload.update(extra)
-    return payload
-
-
-def kind_for_mix(seed: int) -> str:
-    return _MIX_TABLE[((seed * 2654435761) >> 7) % len(_MIX_TABLE)]
-
 
 # --- optional collaborators (imported lazily, tolerated when absent) ---------------------------
 
 _MISSING = object()
 _timeline: Any = None
-_tokens: Any = None
 
 
 def _phase_timeline() -> Any:
@@ -176,18 +106,6 @@ def _phase_timeline() -> Any:
     return None if _timeline is _MISSING else _timeline
 
 
-def _tokens_module() -> Any:
-    global _tokens
-    if _tokens is None:
-        try:
-            from ftlocust.targets.reference import tokens
-
-            _tokens = tokens if hasattr(tokens, "check_continuity") else _MISSING
-        except Exception:
-            _tokens = _MISSING
-    return None if _tokens is _MISSING else _tokens
-
-
 REFERENCE_MODEL_PREFIX = "ftlocust-ref"
 
 
@@ -195,37 +113,10 @@ def verify_tokens_enabled(setting: str, model: str) -> bool:
     """`--ft-verify-tokens`: on/off, or auto = the server is the reference deployment."""
     if setting == "off":
         return False
-    if setting == "auto" and not model.startswith(REFERENCE_MODEL_PREFIX):
-        return False
-    return _tokens_module() is not None
+    return setting == "on" or model.startswith(REFERENCE_MODEL_PREFIX)
 
 
 # --- preflight and model discovery --------------------------------------------------------------
-
-
-def _one_line(text: Any, limit: int = 160) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _error_message(body: bytes | str | None) -> str:
-    """The server's error message from an OpenAI-style error body, else the start of the body."""
-    if not body:
-        return "empty body"
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return _one_line(text, 120)
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict):
-            for key in ("message", "detail", "msg"):
-                if err.get(key):
-                    return _one_line(err[key], 120)
-        elif err:
-            return _one_line(err, 120)
-    return _one_line(text, 120)
 
 
 def _http(method: str, url: str, timeout_s: float, body: dict | None = None):
@@ -250,7 +141,7 @@ def _describe_connect_error(host: str, what: str, exc: Exception, timeout_s: flo
     if isinstance(exc, requests.exceptions.SSLError):
         inner = exc.args[0] if exc.args else exc
         reason = getattr(inner, "reason", None) or inner
-        return ConfigError(f"--host {host}: TLS handshake failed on {what} ({_one_line(reason, 100)})")
+        return ConfigError(f"--host {host}: TLS handshake failed on {what} ({one_line(reason, 100)})")
     if isinstance(exc, requests.exceptions.Timeout):
         return ConfigError(f"--host {host}: no answer to {what} within {timeout_s:g} s")
     text = str(exc)
@@ -259,7 +150,7 @@ def _describe_connect_error(host: str, what: str, exc: Exception, timeout_s: flo
     elif "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
         reason = "unknown host name"
     else:
-        reason = _one_line(text, 100)
+        reason = one_line(text, 100)
     return ConfigError(f"--host {host}: cannot connect for {what} ({reason})")
 
 
@@ -280,18 +171,18 @@ def fetch_models(host: str, timeout_s: float = 10.0) -> list[str]:
     except requests.exceptions.RequestException as e:
         raise _describe_connect_error(host, what, e, timeout_s) from None
     if resp.status_code != 200:
-        raise ConfigError(f"--host {host}: {what} answered HTTP {resp.status_code} ({_error_message(resp.content)}); "
+        raise ConfigError(f"--host {host}: {what} answered HTTP {resp.status_code} ({error_message(resp.content)}); "
                           f"expected 200 with an OpenAI model list")
     try:
         data = resp.json()
     except ValueError:
         ctype = resp.headers.get("content-type", "?").split(";")[0]
-        raise ConfigError(f"--host {host}: {what} did not return JSON (got {ctype}: {_one_line(resp.text, 60)!r}); "
+        raise ConfigError(f"--host {host}: {what} did not return JSON (got {ctype}: {one_line(resp.text, 60)!r}); "
                           f"is this an OpenAI-compatible server?") from None
     entries = data.get("data") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in entries):
         raise ConfigError(f"--host {host}: {what} is not an OpenAI model list "
-                          f"(expected {{\"data\": [{{\"id\": ...}}]}}, got {_one_line(resp.text, 60)!r})")
+                          f"(expected {{\"data\": [{{\"id\": ...}}]}}, got {one_line(resp.text, 60)!r})")
     if not entries:
         raise ConfigError(f"--host {host}: {what} lists no models (is a worker registered?)")
     return [m["id"] for m in entries]
@@ -327,7 +218,7 @@ def probe(host: str, options: LoadOptions, model: str) -> None:
         except requests.exceptions.RequestException as e:
             raise _describe_connect_error(host, what, e, options.request_timeout_s) from None
         if 400 <= resp.status_code < 500:
-            raise ConfigError(f"--host {host}: {what} answered HTTP {resp.status_code}: {_error_message(resp.content)}")
+            raise ConfigError(f"--host {host}: {what} answered HTTP {resp.status_code}: {error_message(resp.content)}")
 
 
 _models: dict[tuple[str, str | None], str] = {}
@@ -362,132 +253,7 @@ def model_for(host: str, options: LoadOptions) -> str:
     return _models[key]
 
 
-# --- reading one response -----------------------------------------------------------------------
-
-
-class _Read:
-    """What was seen of one response body."""
-
-    __slots__ = ("done", "finish_reason", "usage", "rid", "error_obj", "protocol_error", "read_error",
-                 "token_times", "texts", "text")
-
-    def __init__(self, keep_texts: bool) -> None:
-        self.done = False  # saw data: [DONE]
-        self.finish_reason: str | None = None
-        self.usage: dict | None = None
-        self.rid: str | None = None
-        self.error_obj: Any = None  # an {"error": ...} object in the body or an event
-        self.protocol_error: str | None = None  # not JSON / not an object
-        self.read_error: BaseException | None = None  # the body broke off
-        self.token_times: list[float] = []
-        self.texts: list[str] | None = [] if keep_texts else None
-        self.text: str | None = None  # non-stream: the whole generated text
-
-
-def _is_error_object(obj: dict) -> bool:
-    return obj.get("error") is not None or obj.get("object") == "error"
-
-
-def read_stream(ghc: Any, chat: bool, seen: _Read, inflight: InFlight, cancel_after_chunks: int,
-                on_content: Any = None) -> None:
-    """Read SSE events until the HTTP message ends (or the policy cancels after N chunks).
-    `on_content(chunks, raw_id)`, when given, is called after each content event."""
-    readline = ghc.readline
-    loads = json.loads
-    perf = time.perf_counter
-    times = seen.token_times
-    texts = seen.texts
-    while True:
-        line = readline(b"\n")
-        if not line:
-            break
-        if not line.startswith(b"data:"):
-            continue  # blank separators, ": keep-alive" comments, "event:" lines
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            seen.done = True
-            continue
-        now = perf()
-        try:
-            obj = loads(data)
-        except ValueError:
-            seen.protocol_error = f"SSE event is not JSON: {_one_line(data.decode('utf-8', 'replace'), 60)!r}"
-            continue
-        if type(obj) is not dict:
-            seen.protocol_error = "SSE event is not a JSON object"
-            continue
-        if _is_error_object(obj):
-            seen.error_obj = obj.get("error") or obj
-            continue
-        if seen.rid is None:
-            seen.rid = obj.get("id")
-        choices = obj.get("choices")
-        if choices:
-            choice = choices[0]
-            if chat:
-                delta = choice.get("delta")
-                content = delta.get("content") if delta else None
-            else:
-                content = choice.get("text")
-            if content:
-                times.append(now)
-                if texts is not None:
-                    texts.append(content)
-                if on_content is not None:
-                    on_content(len(times), seen.rid)
-                if cancel_after_chunks and len(times) >= cancel_after_chunks:
-                    inflight.cancel_now(ghc)
-                    return
-            finish = choice.get("finish_reason")
-            if finish:
-                seen.finish_reason = finish
-        usage = obj.get("usage")
-        if usage:
-            seen.usage = usage
-    inflight.finished = True  # the message ended: no timer may mark it any more
-
-
-def read_unary(body: bytes, chat: bool, seen: _Read) -> None:
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        seen.protocol_error = f"body is not JSON: {_one_line(body.decode('utf-8', 'replace'), 60)!r}"
-        return
-    if type(obj) is not dict:
-        seen.protocol_error = "body is not a JSON object"
-        return
-    if _is_error_object(obj):
-        seen.error_obj = obj.get("error") or obj
-        return
-    seen.rid = obj.get("id")
-    choices = obj.get("choices")
-    if choices and isinstance(choices[0], dict):
-        choice = choices[0]
-        if chat:
-            message = choice.get("message") or {}
-            seen.text = message.get("content") if isinstance(message, dict) else None
-        else:
-            seen.text = choice.get("text")
-        seen.finish_reason = choice.get("finish_reason")
-    usage = obj.get("usage")
-    if isinstance(usage, dict):
-        seen.usage = usage
-
-
-def _request_id(raw: Any) -> str | None:
-    """The server's request id: the uuid of "cmpl-<uuid>" / "chatcmpl-<uuid>" (Dynamo's log key)."""
-    if not raw:
-        return None
-    rid = str(raw)
-    return rid.split("-", 1)[1] if rid.startswith(("cmpl-", "chatcmpl-")) else rid
-
-
-def _describe_error(error_obj: Any) -> str:
-    if isinstance(error_obj, dict):
-        message = error_obj.get("message") or error_obj.get("detail") or json.dumps(error_obj)
-        code = error_obj.get("code")
-        return _one_line(f"{message} (code {code})" if code is not None else message, 160)
-    return _one_line(error_obj, 160)
+# --- one request's connection -------------------------------------------------------------------
 
 
 def _is_timeout(exc: BaseException | None) -> bool:
@@ -498,6 +264,19 @@ def _is_timeout(exc: BaseException | None) -> bool:
         if isinstance(exc, (socket.timeout, TimeoutError, gevent.Timeout)):
             return True
         exc = getattr(exc, "original", None) or exc.__cause__
+    return False
+
+
+def _closed_before_answer(exc: BaseException | None) -> bool:
+    """geventhttpclient raises HTTPConnectionClosed for a request whose connection was closed
+    before the first byte of the answer (send failed or recv got EOF/reset at once); with any
+    byte received it raises another HTTPParseError or the socket error instead."""
+    for _ in range(3):
+        if exc is None:
+            return False
+        if isinstance(exc, HTTPConnectionClosed):
+            return True
+        exc = getattr(exc, "original", None)  # RetriesExceeded
     return False
 
 
@@ -578,9 +357,9 @@ class LLMUser(FastHttpUser):
 
     # -- one request -----------------------------------------------------------------------------
     def on_content(self, chunks: int, request_id: str | None) -> None:
-        """Called after each content event of a stream with the count so far and the server's
+        """Called after each content chunk of a stream with the count so far and the server's
         request id (e.g. for a mid-stream trigger). Only when a subclass overrides it: the
-        default costs nothing per token."""
+        default costs nothing per chunk."""
 
     def llm_request(self, kind: str, max_tokens: int | None = None) -> RequestRecord:
         """Send one request of `kind`, fire its Locust event(s), return its record.
@@ -599,7 +378,7 @@ class LLMUser(FastHttpUser):
                                seed=seed, expected_tokens=max_tokens)
         cancel = self._class_cancel or opts.cancel
         policy = cancel if cancel.applies(seed, spec.stream) else None
-        seen = _Read(keep_texts=self.verify_tokens)
+        read = StreamReader(spec.chat, keep_texts=self.verify_tokens) if spec.stream else ResponseRead(spec.chat)
         inflight = InFlight()
         resp = None
         failure: BaseException | None = None
@@ -613,10 +392,8 @@ class LLMUser(FastHttpUser):
             if delay is not None:
                 timers.append(cancel_mod.cancel_timer(delay, inflight))
         try:
-            resp = self.client.request("POST", spec.path, data=data, name=kind, stream=True, catch_response=True,
-                                       headers=STREAM_HEADERS if spec.stream else UNARY_HEADERS,
-                                       context={"ft_record": record})
-            failure = self._read_response(resp, spec, seen, inflight, policy)
+            resp = self._send(spec, data, record, inflight)
+            read, failure = self._read_response(resp, spec, read, inflight, policy)
         except Exception as e:  # anything unexpected still ends as one reported request
             failure = e
         finally:
@@ -635,12 +412,28 @@ class LLMUser(FastHttpUser):
         record.latency_s = end - t0
         status = resp.status_code if resp is not None and getattr(resp, "_response", None) is not None else 0
         record.status = status or None
-        self._classify(record, seen, inflight, policy, failure, status, resp)
-        self._fill_tokens(record, seen, t0)
+        if not status and failure is None and resp is not None:
+            failure = getattr(resp, "error", None)  # connect/send/headers failed: resp.error says why
+        classify(record, read, ended=inflight.reason, failure=failure, timed_out=_is_timeout(failure),
+                 cancel_policy=policy.spec if policy else None, timeout_s=opts.request_timeout_s)
         if self.verify_tokens and record.outcome == OK:
-            record.token_check = self._check_tokens(record, seen)
+            record.token_check = token_check(record, read)
         self._report(record, resp)
         return record
+
+    def _send(self, spec: RequestKind, data: str, record: RequestRecord, inflight: InFlight) -> Any:
+        headers = STREAM_HEADERS if spec.stream else UNARY_HEADERS
+        resp = self.client.request("POST", spec.path, data=data, name=record.kind, stream=True, catch_response=True,
+                                   headers=headers, context={"ft_record": record})
+        if getattr(resp, "_response", None) is None and inflight.reason is None and inflight.reused \
+                and _closed_before_answer(getattr(resp, "error", None)):
+            # The server had closed this kept-alive connection: not one byte of an answer came
+            # back, so it never processed the request. Send it once more, on a new connection.
+            record.retries += 1
+            inflight.fresh_only = True
+            resp = self.client.request("POST", spec.path, data=data, name=record.kind, stream=True,
+                                       catch_response=True, headers=headers, context={"ft_record": record})
+        return resp
 
     def _respect_rate(self) -> None:
         # wait_time got us here about on time; gevent timers may wake a little early, so make sure
@@ -650,120 +443,54 @@ class LLMUser(FastHttpUser):
                 return
             gevent.sleep(remaining)
 
-    def _read_response(self, resp: Any, spec: RequestKind, seen: _Read, inflight: InFlight,
-                       policy: cancel_mod.CancelPolicy | None) -> BaseException | None:
-        """Read the body; returns the exception that ended the request early, if any."""
+    def _read_response(self, resp: Any, spec: RequestKind, read: ResponseRead, inflight: InFlight,
+                       policy: cancel_mod.CancelPolicy | None) -> tuple[ResponseRead, BaseException | None]:
+        """Read the body; returns what was read and the exception that ended it early, if any."""
         ghc = resp._response
-        if ghc is None:  # no response at all (connect/send/headers failed): resp.error says why
-            return getattr(resp, "error", None) or ConnectionError("no response")
+        if ghc is None:  # no response at all (connect/send/headers failed)
+            return read, None
         if inflight.sock is None and ghc._sock is not None:
             inflight.attach(ghc._sock)  # the pool was not tracked (e.g. on_start not run)
         if resp.status_code != 200:
             try:
-                seen.text = _error_message(resp.content)
+                read.status_message = error_message(resp.content)
             except Exception as e:  # the error body broke off; the status says enough
-                seen.text = _one_line(e, 80)
+                read.status_message = one_line(e, 80)
             inflight.finished = True
-            return None
+            return read, None
         try:
-            if spec.stream:
-                cancel_after = 0
-                if policy is not None:
-                    if policy.mode == cancel_mod.BEFORE_FIRST_TOKEN:
-                        inflight.cancel_now(ghc)  # headers are in, no content read yet: prefill
-                        return None
-                    if policy.mode == cancel_mod.AFTER_CHUNKS:
-                        cancel_after = int(policy.value or 1)
-                # only a subclass that overrides on_content pays a call per token
-                progress = None
-                if type(self).on_content is not LLMUser.on_content:
-                    def progress(chunks: int, raw_id: Any) -> None:
-                        self.on_content(chunks, _request_id(raw_id))
-                read_stream(ghc, spec.chat, seen, inflight, cancel_after, progress)
-            else:
+            if not spec.stream:
                 body = ghc.read()
                 inflight.finished = True
-                read_unary(body, spec.chat, seen)
+                return read_unary(body, spec.chat), None
+            cancel_after = 0
+            if policy is not None:
+                if policy.mode == cancel_mod.BEFORE_FIRST_TOKEN:
+                    inflight.cancel_now(ghc)  # headers are in, no content read yet: prefill
+                    return read, None
+                if policy.mode == cancel_mod.AFTER_CHUNKS:
+                    cancel_after = int(policy.value or 1)
+            # only a subclass that overrides on_content pays a call per chunk
+            progress = type(self).on_content is not LLMUser.on_content
+            watch = progress or cancel_after
+            feed = read.feed
+            readline = ghc.readline
+            perf = time.perf_counter
+            while True:
+                line = readline(b"\n")
+                if not line:
+                    break
+                if feed(line, perf()) and watch:
+                    chunks = len(read.times)
+                    if progress:
+                        self.on_content(chunks, request_id(read.rid))
+                    if cancel_after and chunks >= cancel_after:
+                        inflight.cancel_now(ghc)
+                        return read, None
+            inflight.finished = True  # the message ended: no timer may mark it any more
         except Exception as e:
-            seen.read_error = e
-            return e
-        return None
-
-    def _classify(self, record: RequestRecord, seen: _Read, inflight: InFlight,
-                  policy: cancel_mod.CancelPolicy | None, failure: BaseException | None, status: int,
-                  resp: Any) -> None:
-        # What the server said before we ended a request ourselves wins: a 503 or an error event
-        # seen before the cancel/timeout is the result, not the cancel.
-        if status in REJECTION_STATUSES:
-            record.outcome, record.error = REJECTED, f"HTTP {status}: {seen.text or ''}".rstrip(": ")
-        elif status and status != 200:
-            record.outcome, record.error = HTTP_ERROR, f"HTTP {status}: {seen.text or ''}".rstrip(": ")
-        elif seen.error_obj is not None:
-            record.outcome = STREAM_ERROR_EVENT
-            record.error = f"error object in a 200 body: {_describe_error(seen.error_obj)}"
-        elif inflight.reason == CANCELLED:
-            record.outcome, record.cancel_policy = CANCELLED, policy.spec if policy else None
-            record.error = None
-        elif inflight.reason == TIMEOUT:
-            record.outcome = TIMEOUT
-            record.error = f"no complete answer within --ft-request-timeout {self.options.request_timeout_s:g} s"
-        elif not status:
-            record.outcome = TIMEOUT if _is_timeout(failure) else CONNECTION_ERROR
-            record.error = _one_line(f"{type(failure).__name__}: {failure}" if failure else "no response", 200)
-        elif seen.read_error is not None or failure is not None:
-            err = seen.read_error or failure
-            record.outcome, record.error = TRUNCATED, _one_line(f"body broke off: {type(err).__name__}: {err}", 200)
-        elif seen.protocol_error is not None:
-            record.outcome, record.error = HTTP_ERROR, seen.protocol_error
-        elif record.stream and not seen.done:
-            record.outcome, record.error = TRUNCATED, "stream ended without [DONE]"
-        elif not seen.finish_reason:
-            record.outcome, record.error = TRUNCATED, "no finish_reason"
-        else:
-            record.outcome = OK
-        record.finish_reason = seen.finish_reason
-
-    def _fill_tokens(self, record: RequestRecord, seen: _Read, t0: float) -> None:
-        usage = seen.usage
-        if usage:
-            record.usage_prompt_tokens = usage.get("prompt_tokens")
-            record.usage_completion_tokens = usage.get("completion_tokens")
-        if seen.rid:
-            record.request_id = _request_id(seen.rid)
-        times = seen.token_times
-        if record.stream:
-            record.output_tokens = len(times)
-        elif record.usage_completion_tokens is not None:
-            record.output_tokens = int(record.usage_completion_tokens)
-        elif seen.text and record.status == 200:
-            record.output_tokens = len(seen.text.split())  # no usage: words approximate tokens
-        if times:
-            ttft = times[0] - t0
-            record.ttft_s = ttft
-            record.first_token_mono = times[0]
-            record.first_token_wall = record.start_wall + ttft
-            if len(times) > 1:
-                gaps = sorted(b - a for a, b in zip(times, times[1:]))
-                record.itl_mean_s = (times[-1] - times[0]) / (len(times) - 1)
-                mid = len(gaps) // 2
-                record.itl_p50_s = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
-                record.itl_max_s = gaps[-1]
-        if record.outcome == OK and record.expected_tokens:
-            produced = record.usage_completion_tokens
-            if produced is None:
-                produced = record.output_tokens
-            if produced < record.expected_tokens:
-                record.outcome = TRUNCATED
-                record.error = f"{produced} of {record.expected_tokens} tokens (ignore_eos was sent)"
-
-    def _check_tokens(self, record: RequestRecord, seen: _Read) -> str | None:
-        texts = seen.texts if record.stream else ([seen.text] if seen.text else [])
-        if not texts:
-            return None
-        try:
-            return str(_tokens_module().check_continuity(record.seed, texts, record.expected_tokens))
-        except Exception as e:  # a checker bug must not turn into a lost request
-            return _one_line(f"check failed: {type(e).__name__}: {e}", 200)
+            return read, e
+        return read, None
 
     def _report(self, record: RequestRecord, resp: Any) -> None:
         timeline = _phase_timeline()
@@ -842,7 +569,13 @@ def end_run(environment) -> None:
 
 
 class SelfStop:
-    """Ends the run when every LLM user spent its budget (see the module docstring)."""
+    """Ends the run when every LLM user spent its budget (see the module docstring).
+
+    On the master, the workers that count are the ones Locust still counts (ready, spawning,
+    running): a worker lost mid-run (no heartbeat for ~4 s, or it quit) never says it is done, so
+    the master re-checks every POLL_S while the run is on, and ends it once every remaining
+    worker is done. When the last worker is lost Locust stops the test itself; headless, the
+    master then quits (the lost workers are reported by ftlocust.hooks)."""
 
     POLL_S = 0.2
 
@@ -850,14 +583,19 @@ class SelfStop:
         self.environment = environment
         self.watcher: gevent.Greenlet | None = None
         self.done_workers: set[str] = set()
+        self._ending = False
         events_ = environment.events
         if isinstance(environment.runner, MasterRunner):
             environment.runner.register_message("ft_users_done", self._on_worker_done)
-            events_.test_start.add_listener(lambda **_kw: self.done_workers.clear())
-            events_.spawning_complete.add_listener(lambda **_kw: self._master_check())
+            events_.test_start.add_listener(lambda **_kw: self._new_run())
+            events_.spawning_complete.add_listener(self._start_master_watcher)
+            events_.test_stopping.add_listener(lambda **_kw: self._stop_watcher())
+            events_.test_stop.add_listener(self._on_master_stop)
         else:
             events_.spawning_complete.add_listener(self._start_watcher)
-            events_.test_stop.add_listener(lambda **_kw: self._stop_watcher())
+            # test_stopping, not test_stop: a stop kills the users first, and the watcher must not
+            # take that for spent budgets (and end the run a second time)
+            events_.test_stopping.add_listener(lambda **_kw: self._stop_watcher())
 
     def _start_watcher(self, **_kw) -> None:
         self._stop_watcher()
@@ -873,24 +611,61 @@ class SelfStop:
         while runner.user_count > 0:
             gevent.sleep(self.POLL_S)
         self.watcher = None
+        if runner.state in ("cleanup", "stopping", "stopped"):  # stopped from outside: not a spent budget
+            return
         if isinstance(runner, WorkerRunner):
             runner.send_message("ft_users_done", {"worker_index": runner.worker_index})
         else:
             log.info("every user spent its request budget: ending the run")
             end_run(self.environment)
 
+    # -- the master ------------------------------------------------------------------------------
+    def _new_run(self) -> None:
+        self.done_workers.clear()
+        self._ending = False
+
+    def _start_master_watcher(self, **_kw) -> None:
+        self._stop_watcher()
+        self._master_check()
+        self.watcher = gevent.spawn(self._master_watch)
+
+    def _master_watch(self) -> None:
+        while True:
+            gevent.sleep(self.POLL_S)
+            self._master_check()
+
     def _on_worker_done(self, environment, msg, **_kw) -> None:
         self.done_workers.add(msg.node_id)
         self._master_check()
 
-    def _master_check(self) -> None:
+    def _live_workers(self) -> set[str]:
+        from locust.runners import STATE_INIT, STATE_RUNNING  # the states Locust's worker_count counts
+
         runner = self.environment.runner
-        if runner.state == STATE_SPAWNING or not self.done_workers:
+        return {c.id for c in runner.clients.values() if c.state in (STATE_INIT, STATE_SPAWNING, STATE_RUNNING)}
+
+    def _master_check(self) -> None:
+        from locust.runners import STATE_RUNNING
+
+        runner = self.environment.runner
+        if self._ending or runner.state != STATE_RUNNING or not self.done_workers:
             return
-        if len(self.done_workers) >= runner.worker_count:
-            log.info("every worker's users spent their request budget: ending the run")
-            self.done_workers.clear()
-            gevent.spawn(end_run, self.environment)
+        live = self._live_workers()
+        if live and live <= self.done_workers:
+            self._end("every worker's users spent their request budget: ending the run")
+
+    def _on_master_stop(self, **_kw) -> None:
+        self._stop_watcher()
+        if self._ending or self.environment.web_ui is not None or self._live_workers():
+            return
+        # Locust stopped the test because its last worker went missing; headless, nothing else ends it
+        self._end("no Locust worker left: ending the run")
+
+    def _end(self, why: str) -> None:
+        self._ending = True
+        log.info(why)
+        self.done_workers.clear()
+        gevent.spawn(end_run, self.environment)
 
 
 def install_self_stop(environment) -> SelfStop:

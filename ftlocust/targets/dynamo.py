@@ -129,6 +129,15 @@ class DynamoDeployment:
     frontend_role = FRONTEND_ROLE
     broker_role = BROKER_ROLE
     events_path = None  # ground-truth events exist only for the reference deployment
+    started_here = True
+
+    @classmethod
+    def from_spec(cls, spec, run_dir: str, host: str | None = None) -> "DynamoDeployment":
+        """From a scenario's `target` (kind dynamo): workers, migration limit, options."""
+        from ftlocust.targets import options_for
+
+        options = options_for(cls, spec.options, "dynamo", {"workers", "migration_limit"})
+        return cls(run_dir, workers=spec.workers, migration_limit=spec.migration_limit, **options)
 
     def __init__(
         self,
@@ -221,6 +230,27 @@ class DynamoDeployment:
 
     def roles(self) -> list[str]:
         return [BROKER_ROLE, FRONTEND_ROLE, *self.worker_roles()]
+
+    def address(self, role: str) -> str | None:
+        if role == BROKER_ROLE:
+            return f"127.0.0.1:{self._broker_ports[0]}" if self._broker_ports else None
+        try:
+            return self._system_url(role, "").split("://", 1)[1]
+        except (ConfigError, RuntimeError):
+            return None
+
+    def alive(self, role: str) -> bool:
+        return self.group.alive(role)
+
+    def pid(self, role: str) -> int | None:
+        return self.group.pid(role)
+
+    def process(self, role: str):
+        """The process the role runs now, by identity (None when it is not running)."""
+        from ftlocust.processes import ProcessRef
+
+        pid = self.group.pid(role)
+        return ProcessRef.capture(pid, role) if pid is not None and self.group.alive(role) else None
 
     def log_path(self, role: str) -> str:
         return self.group.log_path(role)

@@ -206,7 +206,7 @@ def _scenario_load(art: Path) -> dict:
 def _prompt_tokens(art: Path, record) -> int:
     """How many tokens the deployment's tokenizer makes of this record's prompt (what
     usage.prompt_tokens says for a request that was not migrated)."""
-    from ftlocust.users import build_prompt
+    from ftlocust.payloads import build_prompt
 
     prompt = build_prompt(_scenario_load(art)["input_tokens"], record.seed)
     code = ("import sys; from tokenizers import Tokenizer; "

@@ -64,7 +64,7 @@ checks:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((art / "summary.json").read_text())
     (fault,) = summary["faults"]
-    assert fault["target"] == f"pid:{pid}" and fault["detail"]["pid"] == pid
+    assert fault["target"] == "worker-1" and fault["detail"]["pid"] == pid
     assert len(read_records(str(art / "requests.jsonl"))) == 60
     assert (art / "services" / "frontend" / "frontend.metrics.after.txt").is_file()
     assert (art / "services" / "worker-1" / "worker-1.log").is_file()

@@ -126,10 +126,10 @@ def test_dry_run_starts_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ft-fault-after-requests", "100000"], "--ft-fault-after-requests: 100000 is larger than the total request budget"),
-    (["--ft-scenario", "/nonexistent.yaml"], "--ft-scenario: no such file"),
+    (["--ft-fault-after-requests", "100000"], "--ft-fault-after-requests: expected at most the total request budget 1100"),
+    (["--ft-scenario", "/nonexistent.yaml"], "--ft-scenario: expected a scenario file, got '/nonexistent.yaml' (no such file)"),
     (["--ft-target-workers", "0"], "--ft-target-workers: expected an integer > 0"),
-    (["--ft-recovery-window", "0.05"], "--ft-recovery-window: 0.05 s is shorter than the health poll interval"),
+    (["--ft-recovery-window", "0.05"], "--ft-recovery-window: expected a number >= 0.2 (the health poll interval"),
     (["--ft-rate", "0"], "--ft-rate"),
 ])
 def test_bad_input_is_one_line_before_any_load(tmp_path, args, message):

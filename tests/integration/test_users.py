@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 
+import gevent
 import pytest
 from locust.env import Environment
 
-from ftlocust import users
+from ftlocust import payloads, users
 from ftlocust.errors import ConfigError
 from ftlocust.options import LoadOptions
 from ftlocust.records import (
@@ -76,11 +78,15 @@ def test_clean_request_is_ok_with_one_event_and_a_full_record(server, kind):
     assert record.outcome == OK, record.error
     assert record.status == 200 and record.finish_reason == "length"
     assert record.output_tokens == 5 and record.usage_completion_tokens == 5 and record.expected_tokens == 5
+    assert record.token_count_mismatch is None and record.retries == 0
+    # streams: the server's cumulative usage on every chunk (continuous_usage_stats) counts them
+    assert (record.token_source, record.content_chunks) == (("chunk-usage", 5) if record.stream else ("usage", 0))
     assert record.model == "test-model" and record.client_id == user.client_id and record.seq == 1
     (served,) = server.requests_tagged(tag)
     assert served["id"].endswith(record.request_id) and served["completed"]
     assert served["seed"] == record.seed and served["max_tokens"] == 5 and served["ignore_eos"] is True
-    assert served["stream_options"] == ({"include_usage": True} if record.stream else None)
+    stream_options = {"include_usage": True, "continuous_usage_stats": True}
+    assert served["stream_options"] == (stream_options if record.stream else None)
     assert abs(served["prompt_words"] - 100) <= 1  # --ft-input-tokens 100, approximated by words
     assert record.start_wall <= record.end_wall and record.latency_s == pytest.approx(record.end_mono - record.start_mono)
 
@@ -152,6 +158,14 @@ def test_ttft_is_taken_when_the_first_token_arrives(server):
         ("chat-stream", {"x_short": 3}, TRUNCATED, 200, "3 of 5 tokens"),
         ("chat", {"x_short": 3}, TRUNCATED, 200, "3 of 5 tokens"),
         ("chat-stream", {"x_no_finish": True}, TRUNCATED, 200, "no finish_reason"),
+        # `event: error` frames: data without an "error" key, and Dynamo's message-on-a-comment
+        ("chat-stream", {"x_error_event": 2}, STREAM_ERROR_EVENT, 200,
+         "`event: error` frame in a 200 stream: engine failed (code 500)"),
+        ("completion-stream", {"x_error_event": 1, "x_error_style": "comment"}, STREAM_ERROR_EVENT, 200,
+         "`event: error` frame in a 200 stream: Exception: engine failed"),
+        # 4 tokens a chunk without per-chunk usage: 2 chunks counted, although usage says 5
+        ("chat-stream", {"x_tokens_per_chunk": 4, "x_no_chunk_usage": True}, TRUNCATED, 200,
+         "2 of 5 tokens (ignore_eos was sent; usage says 5)"),
     ],
 )
 def test_failure_outcomes_are_exact(server, kind, knobs, outcome, status, error_part):
@@ -209,6 +223,124 @@ def _wait_for(fn, timeout_s: float = 3.0):
         time.sleep(0.02)
 
 
+# --- tokens counted from the stream ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["chat-stream", "completion-stream"])
+def test_four_tokens_per_chunk_are_counted_right(server, kind):
+    tag = uuid.uuid4().hex
+    knobs = {"x_tag": tag, "x_tokens_per_chunk": 4, "x_pings": True}
+    user, fired = make_user(server.url, extra=knobs, output_tokens=20)
+    record = user.llm_request(kind)
+    assert record.outcome == OK, record.error
+    (served,) = server.requests_tagged(tag)
+    assert served["tokens_sent"] == 20
+    assert (record.output_tokens, record.content_chunks, record.token_source) == (20, 5, "chunk-usage")
+    assert record.usage_completion_tokens == 20 and record.token_count_mismatch is None
+    assert post_events(fired)[0]["response_length"] == 20
+
+
+def test_without_per_chunk_usage_the_disagreement_is_recorded(server):
+    user, _ = make_user(server.url, extra={"x_tokens_per_chunk": 4, "x_no_chunk_usage": True}, output_tokens=20)
+    record = user.llm_request("completion-stream")
+    assert (record.output_tokens, record.token_source, record.usage_completion_tokens) == (5, "chunks", 20)
+    assert record.token_count_mismatch == "stream 5 vs usage 20" and record.outcome == TRUNCATED
+
+
+@pytest.mark.parametrize("chunk_usage", [True, False])
+def test_a_reasoning_models_stream_counts_its_reasoning(server, chunk_usage):
+    """6 reasoning tokens after a 0.3 s prefill, then 4 content tokens: TTFT is the first
+    reasoning chunk, and all 10 tokens count (by per-chunk usage, or one per chunk)."""
+    tag = uuid.uuid4().hex
+    knobs = {"x_tag": tag, "x_reasoning": 6, "x_first_delay": 0.3, "x_token_delay": 0.05}
+    if not chunk_usage:
+        knobs["x_no_chunk_usage"] = True
+    user, _ = make_user(server.url, extra=knobs, output_tokens=10)
+    record = user.llm_request("chat-stream")
+    assert record.outcome == OK, record.error
+    assert (record.output_tokens, record.content_chunks) == (10, 10)
+    assert record.token_source == ("chunk-usage" if chunk_usage else "chunks")
+    (served,) = server.requests_tagged(tag)
+    assert -0.005 < record.first_token_wall - served["t_first_send"] < 0.1  # the first reasoning chunk
+    assert 0.3 <= record.ttft_s < 0.3 + 0.25
+
+
+# --- connections the server closes: no phantom failures, and no masking ------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_server_closing_every_connection_after_each_response_causes_no_failure():
+    """A server that closes each connection after its response without saying so (legal HTTP)
+    races the next request on the kept-alive connection: such a request got no byte back and was
+    never processed; it is sent once more on a new connection, never reported as a failure."""
+    with StreamServer("--close-after-response") as closing:
+        user, fired = make_user(closing.url, output_tokens=3)
+        kinds = ("chat-stream", "completion-stream", "chat", "completion")
+        records = [user.llm_request(kinds[i % 4]) for i in range(500)]
+        log = closing.stats()["log"]
+    assert [r.outcome for r in records].count(CONNECTION_ERROR) == 0
+    assert all(r.outcome == OK for r in records), {r.error for r in records if r.outcome != OK}
+    assert len(log) == 500 and len({e["seed"] for e in log}) == 500  # each processed exactly once
+    assert all(r.retries <= 1 for r in records)
+    assert len(post_events(fired)) == 500  # one Locust event per request, retried or not
+
+
+@pytest.mark.timeout(60)
+def test_idle_keepalive_timeout_racing_the_next_request_is_retried_not_failed():
+    """A 1 s keep-alive idle timeout whose close reaches the wire 0.3 s late (a busy server), and
+    4 users sending one request every 1.1 s: every request on a kept-alive connection arrives
+    while the server is closing it and is dropped unanswered. Each is retried once on a new
+    connection: zero connection errors, and the retries match the server's drops exactly."""
+    with StreamServer("--keepalive-timeout", "1", "--close-lag", "0.3") as idle:
+        user_list = [make_user(idle.url, output_tokens=3, rate=0.9)[0] for _ in range(4)]
+        records: list[RequestRecord] = []
+
+        def run(user):
+            for i in range(7):
+                records.append(user.llm_request("chat-stream" if i % 2 else "completion"))
+
+        greenlets = [gevent.spawn(run, u) for u in user_list]
+        gevent.joinall(greenlets, timeout=40, raise_error=True)
+        stats = idle.stats()
+    assert len(records) == 28
+    assert [r.outcome for r in records].count(CONNECTION_ERROR) == 0
+    assert all(r.outcome == OK for r in records), {r.error for r in records if r.outcome != OK}
+    retries = sum(r.retries for r in records)
+    assert retries > 0 and retries == stats["dropped"]
+    assert len(stats["log"]) == 28 and len({e["seed"] for e in stats["log"]}) == 28
+
+
+@pytest.mark.timeout(60)
+def test_a_server_killed_mid_run_is_still_reported():
+    """SIGKILL the server while 4 users stream: streams in flight are truncated, every request
+    after that fails with connection refused (a retry never turns them into successes)."""
+    server = StreamServer("--token-delay", "0.01")
+    try:
+        user_list = [make_user(server.url, output_tokens=40)[0] for _ in range(4)]
+        records: list[RequestRecord] = []
+        killed_at: list[float] = []
+
+        def run(user):
+            for _ in range(5):
+                records.append(user.llm_request("chat-stream"))
+
+        def kill():
+            gevent.sleep(1.0)  # each user is in its 2nd or 3rd 0.4 s stream
+            killed_at.append(time.time())
+            os.kill(server.proc.pid, signal.SIGKILL)
+
+        gevent.joinall([gevent.spawn(kill)] + [gevent.spawn(run, u) for u in user_list], timeout=40, raise_error=True)
+    finally:
+        server.stop()
+    (t_kill,) = killed_at
+    after = [r for r in records if r.end_wall > t_kill]
+    assert len(records) == 20 and after
+    assert not [r for r in after if r.outcome == OK]
+    assert [r.outcome for r in after].count(TRUNCATED) >= 1  # cut mid-stream
+    refused = [r for r in after if r.start_wall > t_kill]
+    assert refused and all(r.outcome == CONNECTION_ERROR and "refused" in r.error.lower() for r in refused)
+
+
 # --- names, phases, token continuity -------------------------------------------------------------
 
 
@@ -230,6 +362,10 @@ def test_token_continuity_is_checked_against_the_reference_tokens():
         assert user.verify_tokens  # auto: the model id names the reference deployment
         for kind in ("chat-stream", "completion-stream", "chat", "completion"):
             assert user.llm_request(kind).token_check == "ok"
+        user.extra_body = {"x_tokens_per_chunk": 4}  # any chunking: texts are split back into tokens
+        for kind in ("chat-stream", "completion-stream"):
+            packed = user.llm_request(kind)
+            assert (packed.token_check, packed.content_chunks, packed.output_tokens) == ("ok", 2, 5)
         user.extra_body = {"x_skip_at": 2}
         record = user.llm_request("chat-stream")
         assert record.outcome == OK and record.token_check.startswith("gap at token 2")
@@ -240,18 +376,18 @@ def test_token_continuity_is_checked_against_the_reference_tokens():
 
 
 def test_mix_sends_every_kind_deterministically():
-    kinds = [users.kind_for_mix(users.request_seed("local/0", seq)) for seq in range(1, 401)]
-    assert set(kinds) == set(users.KINDS)
+    kinds = [payloads.kind_for_mix(payloads.request_seed("local/0", seq)) for seq in range(1, 401)]
+    assert set(kinds) == set(payloads.KINDS)
     assert kinds.count("chat-stream") > kinds.count("chat")  # weighted
-    assert kinds == [users.kind_for_mix(users.request_seed("local/0", seq)) for seq in range(1, 401)]
+    assert kinds == [payloads.kind_for_mix(payloads.request_seed("local/0", seq)) for seq in range(1, 401)]
 
 
 def test_seed_and_prompt_are_deterministic():
-    assert users.request_seed("local/3", 7) == users.request_seed("local/3", 7)
-    assert users.request_seed("local/3", 7) != users.request_seed("local/3", 8)
-    assert 0 <= users.request_seed("worker-9/99", 12345) < 2**31
-    prompt = users.build_prompt(100, 42)
-    assert len(prompt.split()) == 100 and prompt == users.build_prompt(100, 42)
+    assert payloads.request_seed("local/3", 7) == payloads.request_seed("local/3", 7)
+    assert payloads.request_seed("local/3", 7) != payloads.request_seed("local/3", 8)
+    assert 0 <= payloads.request_seed("worker-9/99", 12345) < 2**31
+    prompt = payloads.build_prompt(100, 42)
+    assert len(prompt.split()) == 100 and prompt == payloads.build_prompt(100, 42)
 
 
 # --- preflight: bad input as one line -------------------------------------------------------------
@@ -332,7 +468,7 @@ def test_strict_rate_and_budget_and_the_run_ends_by_itself(server, tmp_path):
         assert min(gaps) >= 1.0 / rate, (client, gaps)  # strict: never two starts closer than 1/R
         assert max(gaps) < 1.0 / rate + 0.5  # and not much slower either
     assert all(r.outcome == OK for r in records)
-    assert {r.kind for r in records} <= set(users.KINDS)
+    assert {r.kind for r in records} <= set(payloads.KINDS)
 
 
 def test_distributed_run_ends_when_every_worker_spent_its_budget(server, tmp_path):
@@ -380,6 +516,6 @@ def test_bad_target_ends_before_load_with_one_line(tmp_path):
 def test_bad_flag_ends_before_load_with_one_line(server, tmp_path):
     proc = run_load(server.url, str(tmp_path), "--ft-cancel", "after-chunks:0")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "ftlocust: --ft-cancel: after-chunks:N needs an integer N >= 1, got 'after-chunks:0'"
+    assert proc.stderr.strip().splitlines()[-1] == "ftlocust: --ft-cancel: expected after-chunks:N with an integer N >= 1, got 'after-chunks:0'"
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), "requests.jsonl"))  # stopped before any load

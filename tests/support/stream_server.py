@@ -2,11 +2,20 @@
 
     python tests/support/stream_server.py [--port 0] [--port-file F] [--model ID]
         [--first-delay S] [--token-delay S] [--status N] [--models-mode ok|html|wrong-json|empty|error]
+        [--tokens-per-chunk K] [--close-after-response] [--keepalive-timeout S] [--close-lag W]
 
 Prints `PORT <n>` on its first stdout line (and writes the port to --port-file), exits by itself
 after --max-seconds. Serves `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`
 (stream as SSE over chunked encoding, one HTTP chunk per event, `data: [DONE]` last; non-stream
-JSON), `GET /stats`, `POST /reset`.
+JSON), `GET /stats`, `POST /reset`. Like vLLM, a stream whose `stream_options` has both
+`include_usage` and `continuous_usage_stats` carries the cumulative `usage` on every chunk.
+
+Connections (all legal HTTP/1.1; keep-alive without a `Connection: close` header):
+  --close-after-response   close the connection after each generation response
+  --keepalive-timeout S    close a connection idle for S seconds (like uvicorn's 5 s)
+  --close-lag W            the close reaches the wire W seconds after the server decided it (a
+                           busy server): a request arriving meanwhile is dropped unanswered and
+                           counted in /stats `dropped` (the server never processed it)
 
 Per-request knobs, as extra body fields (they override the command-line defaults):
   x_first_delay S     seconds before the first token (prefill); headers go out at once
@@ -22,6 +31,13 @@ Per-request knobs, as extra body fields (they override the command-line defaults
   x_headers_late true send the headers together with the first token
   x_skip_at K         leave token K out (the next token takes its place): a gap in the stream
   x_tag TEXT          recorded in /stats, so a test can find its requests
+  x_tokens_per_chunk K  pack K tokens into each chunk's text (default --tokens-per-chunk, 1)
+  x_reasoning K       the first K tokens go out as `reasoning_content` deltas (chat streams)
+  x_no_chunk_usage true  ignore `continuous_usage_stats` (usage only at the end)
+  x_error_event K     after K tokens send an `event: error` frame and end the body (HTTP 200);
+                      x_error_style: "data" (`data: {"message": ..., "code": 500}`, no "error"
+                      key) or "comment" (Dynamo's `event: error` + `: <message>`, no data line)
+  x_pings true        a `: ping` comment line before every event
 
 With --tokens reference, token i is ftlocust.targets.reference.tokens.token_text(seed, i) (the
 reference deployment's deterministic tokens); otherwise " tok<i>".
@@ -51,6 +67,8 @@ try:  # the server needs aiohttp; a test that only imports StreamServer does not
 except ImportError:  # pragma: no cover
     web = None  # type: ignore[assignment]
 
+_middleware = web.middleware if web is not None else (lambda f: f)
+
 
 class Stats:
     def __init__(self) -> None:
@@ -59,6 +77,7 @@ class Stats:
     def reset(self) -> None:
         self.log: list[dict] = []
         self.connections_total = 0
+        self.dropped = 0  # requests that arrived on a connection the server was closing
         self.disconnects: list[float] = []
 
     def as_dict(self, server: web.Server | None) -> dict:
@@ -66,6 +85,7 @@ class Stats:
             "requests": len(self.log),
             "connections_total": self.connections_total,
             "connections_open": len(server.connections) if server is not None else None,
+            "dropped": self.dropped,
             "log": self.log,
         }
 
@@ -74,17 +94,72 @@ def _error_body(status: int, message: str) -> dict:
     return {"error": {"message": message, "type": "ServiceUnavailable" if status == 503 else "Error", "code": status}}
 
 
+class Conn:
+    """A connection's close plan: when the server decided to close it, whether a request runs."""
+
+    __slots__ = ("closing_at", "busy")
+
+    def __init__(self) -> None:
+        self.closing_at: float | None = None
+        self.busy = False
+
+
 class App:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.stats = Stats()
         self.server: web.Server | None = None
+        self.conns: dict = {}  # transport -> Conn, with --close-after-response / --keepalive-timeout
         if args.tokens == "reference":
             from ftlocust.targets.reference.tokens import token_text
 
             self.token_text = token_text
         else:
             self.token_text = _plain_token
+
+    # -- connections ---------------------------------------------------------------------------
+    @_middleware
+    async def connection_policy(self, request: web.Request, handler):
+        a = self.args
+        if not (a.close_after_response or a.keepalive_timeout) or not request.path.startswith("/v1/"):
+            return await handler(request)
+        transport = request.transport
+        conn = self.conns.setdefault(transport, Conn())
+        if conn.closing_at is not None and time.monotonic() >= conn.closing_at:
+            # decided to close before this request came: it is dropped, the FIN is on its way
+            self.stats.dropped += 1
+            del self.conns[transport]
+            transport.close()
+            return web.Response()  # never sent
+        conn.closing_at, conn.busy = None, True
+        try:
+            resp = await handler(request)
+            try:  # finish the response here, so the close (or idle timer) starts after its last byte
+                if not resp.prepared:
+                    await resp.prepare(request)
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                return resp
+            now = time.monotonic()
+            conn.closing_at = now if a.close_after_response else now + a.keepalive_timeout
+            if a.close_after_response and not a.close_lag:
+                del self.conns[transport]
+                transport.close()
+            return resp
+        finally:
+            conn.busy = False
+
+    async def closer(self) -> None:
+        """Closes connections whose close is due (decision time + --close-lag)."""
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            for transport, conn in list(self.conns.items()):
+                if transport.is_closing():
+                    self.conns.pop(transport, None)
+                elif not conn.busy and conn.closing_at is not None and now >= conn.closing_at + self.args.close_lag:
+                    self.conns.pop(transport, None)
+                    transport.close()
 
     # -- routes --------------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
@@ -195,28 +270,54 @@ class App:
         if not body.get("x_headers_late"):
             await resp.prepare(request)
         error_after = int(body["x_error_after"]) if "x_error_after" in body else None
+        error_event = int(body["x_error_event"]) if "x_error_event" in body else None
         cut_after = int(body["x_cut_after"]) if "x_cut_after" in body else None
         end_after = int(body["x_end_after"]) if "x_end_after" in body else None
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        per_chunk = max(1, int(body.get("x_tokens_per_chunk", self.args.tokens_per_chunk)))
+        reasoning = int(body.get("x_reasoning", 0)) if chat else 0
+        pings = bool(body.get("x_pings"))
+        options = body.get("stream_options") or {}
+        include_usage = bool(options.get("include_usage"))
+        chunk_usage = include_usage and bool(options.get("continuous_usage_stats")) and not body.get("x_no_chunk_usage")
         obj = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
         token = self._token_fn(body)
+        p = entry["prompt_words"]
+
+        def usage(done: int) -> dict:
+            return {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done}
 
         def event(choices: list, usage=None) -> bytes:
             data = {"id": rid, "object": obj, "created": created, "model": self.args.model,
                     "choices": choices, "usage": usage, "x_sent": time.time()}
-            return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+            return (b": ping\n\n" if pings else b"") + b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+        # chunk boundaries: every per_chunk tokens, and where reasoning ends
+        bounds, i = [], 0
+        while i < n_tokens:
+            j = min(n_tokens, i + per_chunk, reasoning if i < reasoning else n_tokens)
+            bounds.append((i, j))
+            i = j
 
         await asyncio.sleep(first_delay)
         if not resp.prepared:
             await resp.prepare(request)
-        for i in range(n_tokens):
+        for i, j in bounds:
             if i > 0 and token_delay > 0:
-                await asyncio.sleep(token_delay)
+                await asyncio.sleep(token_delay * (j - i))
             if error_after is not None and i >= error_after:
                 err = {"error": {"message": "Stream ended before generation completed", "type": "Unavailable", "code": 503}}
                 await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
+                entry["completed"] = True
+                await resp.write_eof()
+                return resp
+            if error_event is not None and i >= error_event:
+                if body.get("x_error_style") == "comment":  # Dynamo: the message rides a comment line
+                    frame = b"event: error\n: Exception: engine failed\n\n"
+                else:
+                    frame = b'event: error\ndata: {"message": "engine failed", "code": 500}\n\n'
+                await resp.write(frame)
                 entry["completed"] = True
                 await resp.write_eof()
                 return resp
@@ -228,20 +329,23 @@ class App:
                 entry["completed"] = True
                 await resp.write_eof()
                 return resp
-            delta = {"content": token(i)} if chat else None
-            if chat and i == 0:
-                delta["role"] = "assistant"
-            choice = {"index": 0, "delta": delta, "finish_reason": None} if chat else {"index": 0, "text": token(i), "finish_reason": None}
-            await resp.write(event([choice]))
+            text = "".join(token(k) for k in range(i, j))
+            if chat:
+                delta = {"reasoning_content": text} if i < reasoning else {"content": text}
+                if i == 0:
+                    delta["role"] = "assistant"
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+            else:
+                choice = {"index": 0, "text": text, "finish_reason": None}
+            await resp.write(event([choice], usage(j) if chunk_usage else None))
             if entry["t_first_send"] is None:
                 entry["t_first_send"] = time.time()
-            entry["tokens_sent"] = i + 1
+            entry["tokens_sent"] = j
         finish = None if body.get("x_no_finish") else "length"
         last = {"index": 0, "delta": {}, "finish_reason": finish} if chat else {"index": 0, "text": "", "finish_reason": finish}
-        await resp.write(event([last]))
+        await resp.write(event([last], usage(n_tokens) if chunk_usage else None))
         if include_usage:
-            p = entry["prompt_words"]
-            await resp.write(event([], {"prompt_tokens": p, "completion_tokens": n_tokens, "total_tokens": p + n_tokens}))
+            await resp.write(event([], usage(n_tokens)))
         await resp.write(b"data: [DONE]\n\n")
         entry["completed"] = True
         await resp.write_eof()
@@ -262,7 +366,7 @@ def _prompt_words(body: dict, chat: bool) -> int:
 
 async def serve(args: argparse.Namespace) -> None:
     app_state = App(args)
-    app = web.Application()
+    app = web.Application(middlewares=[app_state.connection_policy])
     app.router.add_get("/v1/models", app_state.models)
     app.router.add_post("/v1/completions", app_state.completions)
     app.router.add_post("/v1/chat/completions", app_state.chat)
@@ -289,9 +393,12 @@ async def serve(args: argparse.Namespace) -> None:
         os.replace(tmp, args.port_file)
     sys.stdout.write(f"PORT {port}\n")
     sys.stdout.flush()
+    closer = asyncio.ensure_future(app_state.closer()) if args.close_after_response or args.keepalive_timeout else None
     try:
         await asyncio.sleep(args.max_seconds)
     finally:
+        if closer is not None:
+            closer.cancel()
         await runner.cleanup()
 
 
@@ -361,6 +468,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--status", type=int, default=200, help="HTTP status for every generation request")
     p.add_argument("--models-mode", choices=["ok", "html", "wrong-json", "empty", "error"], default="ok")
     p.add_argument("--tokens", choices=["plain", "reference"], default="plain")
+    p.add_argument("--tokens-per-chunk", type=int, default=1)
+    p.add_argument("--close-after-response", action="store_true")
+    p.add_argument("--keepalive-timeout", type=float, default=0.0, help="0: keep idle connections open")
+    p.add_argument("--close-lag", type=float, default=0.0)
     p.add_argument("--max-seconds", type=float, default=300.0)
     args = p.parse_args(argv)
     try:

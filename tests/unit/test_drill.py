@@ -34,6 +34,7 @@ class RecordingFault(Fault):
     def recover(self, ctx):
         type(self).recovered += 1
         self.event.recovered_at = time.time()
+        return f"lifted {self.name}"
 
 
 @pytest.fixture(autouse=True)
@@ -74,13 +75,23 @@ def test_count_trigger_fires_exactly_once_and_rolls_back(tmp_path):
     assert phases.TIMELINE.fault_time is not None
     code = drill.finish()
     assert RecordingFault.recovered == 1
-    assert code == 0
+    assert code is None  # no checks, nothing built-in failed: Locust's own exit code stands
     assert len(read_records(str(tmp_path / "requests.jsonl"))) == 10
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["passed"] is True and summary["faults"][0]["kind"] == RecordingFault.kind
     assert (tmp_path / "results.txt").read_text().count("Failure") == 1
     assert drill.finish() == code  # idempotent, no second rollback
     assert RecordingFault.recovered == 1
+
+
+def test_a_passing_check_gives_exit_0(tmp_path):
+    drill, _ = _drill(tmp_path, TriggerSpec(after_requests=1), checks=[{"check": "no_failures", "phase": "all"}])
+    t = time.time()
+    drill.on_record(_record(1, t, t + 0.1))
+    gevent.sleep(0.05)
+    drill.on_record(_record(2, t + 1, t + 1.1))
+    assert drill.finish() == 0
+    assert drill.rollbacks[0]["ok"] and drill.rollbacks[0]["action"] == "lifted rec"
 
 
 def test_failed_check_gives_nonzero_exit_and_still_rolls_back(tmp_path):
@@ -102,7 +113,7 @@ def test_time_trigger(tmp_path):
 
 
 def test_trigger_beyond_budget_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="larger than the total request budget 20"):
+    with pytest.raises(ConfigError, match="expected at most the total request budget 20"):
         _drill(tmp_path, TriggerSpec(after_requests=50), total_budget=20)
 
 
@@ -114,3 +125,81 @@ def test_dry_run_describes_without_side_effects(tmp_path):
     text = drill.describe()
     assert "fault 1: records calls" in text and "http://127.0.0.1:9" in text
     assert not (tmp_path / "a" / "requests.jsonl").exists()
+
+
+class BrokenFault(RecordingFault):
+    kind = "test-broken"
+    fail_inject = False
+    fail_recover = False
+    order: list = []
+
+    def inject(self, ctx):
+        if type(self).fail_inject:
+            raise PermissionError("no permission to signal pid 1")
+        event = super().inject(ctx)
+        return event
+
+    def recover(self, ctx):
+        type(self).order.append(self.name)
+        if type(self).fail_recover:
+            raise OSError("SIGCONT refused")
+        return super().recover(ctx)
+
+
+@pytest.fixture
+def broken():
+    REGISTRY[BrokenFault.kind] = BrokenFault
+    BrokenFault.fail_inject = BrokenFault.fail_recover = False
+    BrokenFault.order = []
+    yield BrokenFault
+    REGISTRY.pop(BrokenFault.kind, None)
+
+
+def _two_fault_drill(tmp_path, checks=()):
+    scenario = Scenario(name="t", target=TargetSpec(kind="external"), checks=list(checks), faults=[
+        FaultSpec(kind=BrokenFault.kind, target="x", trigger=TriggerSpec(after_requests=1), name="first"),
+        FaultSpec(kind=BrokenFault.kind, target="x", trigger=TriggerSpec(after_requests=3), name="second"),
+    ])
+    drill = Drill(scenario, DrillOptions(artifacts_dir=str(tmp_path), host="http://127.0.0.1:9"))
+    drill.setup()
+    return drill
+
+
+def _feed(drill, n):
+    t = time.time()
+    for i in range(n):
+        drill.on_record(_record(i, t + i * 0.01, t + i * 0.01 + 0.005))
+        gevent.sleep(0.01)
+
+
+def test_a_fault_that_failed_to_inject_fails_the_run(tmp_path, broken):
+    broken.fail_inject = True
+    drill = _two_fault_drill(tmp_path)
+    _feed(drill, 5)
+    assert drill.finish() == 3  # even without checks: the built-in verdict failed
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["passed"] is False and summary["fault_time"] is None
+    failed = [c for c in summary["checks"] if c["name"] == "every fault injected"]
+    assert failed and not failed[0]["passed"] and "no permission to signal pid 1" in failed[0]["detail"]
+    assert "not injected" in (tmp_path / "results.txt").read_text()
+
+
+def test_a_trigger_never_reached_fails_the_run(tmp_path, broken):
+    drill = _two_fault_drill(tmp_path, checks=[{"check": "no_failures", "phase": "all"}])
+    _feed(drill, 2)  # the second fault's trigger (3 requests) never comes
+    assert drill.finish() == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    verdict = next(c for c in summary["checks"] if c["name"] == "every fault injected")
+    assert not verdict["passed"] and "second" in verdict["detail"]
+
+
+def test_rollback_runs_newest_first_and_a_failed_rollback_fails_the_run(tmp_path, broken):
+    drill = _two_fault_drill(tmp_path, checks=[{"check": "no_failures", "phase": "all"}])
+    _feed(drill, 5)
+    broken.fail_recover = True
+    assert drill.finish() == 3
+    assert broken.order == ["second", "first"]
+    assert [r["ok"] for r in drill.rollbacks] == [False, False]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    verdict = next(c for c in summary["checks"] if c["name"] == "every rollback succeeded")
+    assert not verdict["passed"] and "SIGCONT refused" in verdict["detail"]

@@ -24,6 +24,7 @@ from ftlocust.evidence import (
     scrape,
     scrape_all,
     strip_ansi,
+    wait_for_line,
 )
 
 UUID = "a22dae6e-aced-4f91-969f-4780a5ad25cb"
@@ -105,6 +106,32 @@ def test_poll_waits_for_a_line_written_later(tmp_path):
     finally:
         timer.cancel()
     assert line == "later: ready"
+
+
+def test_wait_for_line_reads_every_file_and_skips_ignored_lines(tmp_path):
+    a, b = tmp_path / "w1.log", tmp_path / "w2.log"
+    write(a, "ERROR Conflicting request tracker write x\n")
+    write(b, "INFO \x1b[31mERROR\x1b[0m Failed to publish response\n")
+    assert wait_for_line([str(a), str(b)], "ERROR", timeout_s=0) == "INFO ERROR Failed to publish response"
+    assert wait_for_line([str(a)], "ERROR", timeout_s=0) is None  # benign by default
+    assert wait_for_line([str(a)], "ERROR", ignore=(), timeout_s=0).startswith("ERROR Conflicting")
+    assert wait_for_line([str(tmp_path / "missing.log")], "x", timeout_s=0) is None
+
+
+def test_wait_for_line_waits_for_a_late_line_and_gives_up_in_time(tmp_path):
+    log = tmp_path / "w.log"
+    write(log, "INFO up\n")
+    timer = threading.Timer(0.2, write, args=(log, "WARN Failed to publish response\n", "a"))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        assert wait_for_line([str(log)], "Failed to publish", timeout_s=5.0, interval_s=0.02) is not None
+        assert 0.15 <= time.monotonic() - t0 < 3.0
+    finally:
+        timer.cancel()
+    t0 = time.monotonic()
+    assert wait_for_line([str(log)], "never", timeout_s=0.3, interval_s=0.05) is None
+    assert 0.25 <= time.monotonic() - t0 < 2.0
 
 
 # --- find_serving_role ------------------------------------------------------------------------

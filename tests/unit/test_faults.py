@@ -1,116 +1,98 @@
-import signal
-import subprocess
-import sys
-import time
+"""The fault interface: the registry of kinds and the shared target resolution."""
 
 import pytest
 
+from ftlocust import faults
 from ftlocust.errors import ConfigError
-from ftlocust.faults import FaultContext, ProcessSignalFault, _process_identity, build_fault
+from ftlocust.processes import ProcessRef
+from ftlocust.faults import SERVING_WORKER, Fault, FaultContext, build_fault, build_faults, resolve_at_fire, resolve_target
 from ftlocust.scenario import FaultSpec, TriggerSpec
 
 
-def _spec(target, **params):
-    return FaultSpec(kind="process-signal", target=target, trigger=TriggerSpec(after_requests=1), params=params, name="f")
+def _spec(target="worker-1", kind="process-signal", trigger=None, **params):
+    return FaultSpec(kind=kind, target=target, trigger=trigger or TriggerSpec(after_requests=1), params=params, name="f")
 
 
-@pytest.fixture
-def sleeper():
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    deadline = time.time() + 10  # identity is only stable once the child has exec'd
-    while "time.sleep" not in ((_process_identity(p.pid) or ("", ""))[0]) and time.time() < deadline:
-        time.sleep(0.01)
-    yield p
-    if p.poll() is None:
-        p.kill()
-    p.wait(timeout=10)
+class FakeDeployment:
+    started_here = True
+
+    def __init__(self, roles=("frontend", "worker-1", "worker-2"), pids=None):
+        self._roles = list(roles)
+        self._pids = pids or {}
+
+    def roles(self):
+        return list(self._roles)
+
+    def pid(self, role):
+        return self._pids.get(role)
+
+    def process(self, role):
+        return ProcessRef(self._pids[role], "fake", "1") if role in self._pids else None
 
 
-def _state(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        s = f.read()
-    return s[s.rindex(")") + 2]
-
-
-def test_sigkill_by_pid(sleeper):
-    fault = build_fault(_spec(f"pid:{sleeper.pid}", signal="SIGKILL"))
-    ctx = FaultContext()
-    fault.preflight(ctx)
-    assert f"pid {sleeper.pid}" in fault.describe()
-    before = time.time()
-    event = fault.inject(ctx)
-    assert event.injected_at >= before and event.target == f"pid:{sleeper.pid}"
-    assert sleeper.wait(timeout=10) == -signal.SIGKILL
-    fault.recover(ctx)  # nothing to undo, but must not fail; idempotent
-    fault.recover(ctx)
-    assert event.recovered_at is not None
-
-
-def test_sigstop_is_rolled_back_with_sigcont(sleeper):
-    fault = build_fault(_spec(f"pid:{sleeper.pid}", signal="STOP"))
-    ctx = FaultContext()
-    fault.preflight(ctx)
-    fault.inject(ctx)
-    deadline = time.time() + 5
-    while _state(sleeper.pid) != "T" and time.time() < deadline:
-        time.sleep(0.01)
-    assert _state(sleeper.pid) == "T"
-    fault.recover(ctx)
-    deadline = time.time() + 5
-    while _state(sleeper.pid) == "T" and time.time() < deadline:
-        time.sleep(0.01)
-    assert _state(sleeper.pid) in ("S", "R")
-
-
-def test_pid_reuse_is_refused(sleeper):
-    fault = build_fault(_spec(f"pid:{sleeper.pid}"))
-    fault.preflight(FaultContext())
-    fault._identity = ("someone else", "0")  # as if the pid now belonged to another process
-    with pytest.raises(RuntimeError, match="no longer the process"):
-        fault.inject(FaultContext())
-    assert sleeper.poll() is None
-
-
-def test_pidfile_target(sleeper, tmp_path):
-    pidfile = tmp_path / "w.pid"
-    pidfile.write_text(f"{sleeper.pid}\n")
-    fault = build_fault(_spec(f"pidfile:{pidfile}"))
-    fault.preflight(FaultContext())
-    assert fault._identity == _process_identity(sleeper.pid)
-
-
-@pytest.mark.parametrize(
-    "target, params, message",
-    [
-        ("pid:999999999", {}, "no running process with pid 999999999"),
-        ("pid:abc", {}, "expected a pid, got 'abc'"),
-        ("pidfile:/nonexistent/x.pid", {}, "cannot read pid file"),
-        ("worker-1", {}, "no deployment was started"),
-        ("worker-1", {"signal": "SIGHUP"}, "signal: expected one of"),
-        ("worker-1", {"sginal": "SIGKILL"}, "unknown field 'sginal'"),
-    ],
-)
-def test_bad_targets_are_one_line_errors(target, params, message):
+def test_unknown_kind_names_the_known_ones_and_the_close_one():
     with pytest.raises(ConfigError) as e:
-        build_fault(_spec(target, **params)).preflight(FaultContext())
-    assert message in str(e.value) and "\n" not in str(e.value)
+        build_fault(_spec(kind="proces-signal"), where="s.yaml: faults[0]")
+    assert str(e.value) == ("s.yaml: faults[0].kind: expected one of process-signal, got 'proces-signal'; "
+                            "did you mean 'process-signal'?")
 
 
-def test_unknown_kind():
-    with pytest.raises(ConfigError, match="kind: unknown 'gpu-melt'"):
-        build_fault(FaultSpec(kind="gpu-melt", target="x", trigger=TriggerSpec(after_requests=1), name="f"))
+def test_builtin_kinds_are_imported_on_first_use():
+    assert "process-signal" in faults.kinds()
+    fault = build_fault(_spec())
+    assert type(fault).__module__ == "ftlocust.fault_kinds.process_signal"
 
 
-def test_serving_worker_needs_a_mid_stream_trigger():
-    class FakeGroup:
-        def roles(self):
-            return ["frontend", "worker-1"]
+def test_a_kind_whose_library_is_missing_is_one_line(monkeypatch):
+    monkeypatch.setitem(faults.BUILTIN_KINDS, "needs-lib", "ftlocust.fault_kinds.no_such_module_here")
+    with pytest.raises(ConfigError) as e:
+        build_fault(_spec(kind="needs-lib"), where="faults[0]")
+    assert str(e.value).startswith("faults[0].kind: needs-lib needs a library that is not installed")
 
-    class FakeDeployment:
-        group = FakeGroup()
 
-    fault = ProcessSignalFault(_spec("serving-worker"))
+def test_register_a_kind(monkeypatch):
+    monkeypatch.setattr(faults, "REGISTRY", dict(faults.REGISTRY))
+
+    @faults.register
+    class Noop(Fault):
+        kind = "noop"
+
+    (fault,) = build_faults([_spec(kind="noop")], where="x.yaml: faults")
+    assert isinstance(fault, Noop) and fault.where == "x.yaml: faults[0]"
+    with pytest.raises(ConfigError, match=r"faults\[0\]\.extra: unknown field for kind noop"):
+        build_faults([_spec(kind="noop", extra=1)])
+    with pytest.raises(ValueError):
+        faults.register(type("Nameless", (Fault,), {}))
+
+
+def test_role_resolution():
+    ctx = FaultContext(deployment=FakeDeployment())
+    assert resolve_target(_spec("worker-2"), ctx, "f").role == "worker-2"
+    with pytest.raises(ConfigError) as e:
+        resolve_target(_spec("worker-9"), ctx, "f")
+    assert "f.target: expected one of frontend, worker-1, worker-2, serving-worker, got 'worker-9'" in str(e.value)
     with pytest.raises(ConfigError, match="needs trigger.mid_stream_chunks"):
-        fault.preflight(FaultContext(deployment=FakeDeployment()))
-    with pytest.raises(ConfigError, match="unknown role 'worker-9'"):
-        ProcessSignalFault(_spec("worker-9")).preflight(FaultContext(deployment=FakeDeployment()))
+        resolve_target(_spec(SERVING_WORKER), ctx, "f")
+
+
+def test_serving_worker_is_resolved_when_the_fault_fires():
+    spec = _spec(SERVING_WORKER, trigger=TriggerSpec(mid_stream_chunks=10))
+    found = []
+    ctx = FaultContext(deployment=FakeDeployment(), resolve_serving=lambda: found[0] if found else None)
+    target = resolve_target(spec, ctx, "f")
+    assert target.role is None and "serving the probe" in target.describe()
+    with pytest.raises(RuntimeError, match="could not find the worker serving"):
+        resolve_at_fire(target, ctx)
+    found.append("worker-2")
+    assert resolve_at_fire(target, ctx).role == "worker-2"
+
+
+def test_external_roles_are_only_the_named_processes():
+    deployment = FakeDeployment(roles=("frontend", "worker-1"), pids={"worker-1": 4242})
+    deployment.started_here = False
+    ctx = FaultContext(deployment=deployment)
+    target = resolve_target(_spec("worker-1"), ctx, "f")
+    assert target.role == "worker-1" and target.process.pid == 4242
+    assert target.describe() == "worker-1 (pid 4242: fake)"
+    with pytest.raises(ConfigError, match="'frontend' is not a process named in target.pids"):
+        resolve_target(_spec("frontend"), ctx, "f")

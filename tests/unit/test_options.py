@@ -45,12 +45,16 @@ def test_from_parsed_converts_every_flag():
     ("ft_rate", -1.0, "--ft-rate: expected a number > 0 (requests per second per user), got -1.0"),
     ("ft_rate", "fast", "--ft-rate: expected a number > 0 (requests per second per user), got 'fast'"),
     ("ft_rate", "inf", "--ft-rate: expected a number > 0 (requests per second per user), got 'inf'"),
-    ("ft_input_tokens", "0", "--ft-input-tokens: expected an integer >= 1, got 0"),
+    ("ft_input_tokens", "0", "--ft-input-tokens: expected an integer >= 1, got '0'"),
+    ("ft_input_tokens", 0, "--ft-input-tokens: expected an integer >= 1, got 0"),
     ("ft_output_tokens", "1.5", "--ft-output-tokens: expected an integer >= 1, got '1.5'"),
-    ("ft_requests_per_client", "-3", "--ft-requests-per-client: expected an integer >= 0, got -3"),
+    ("ft_requests_per_client", "-3", "--ft-requests-per-client: expected an integer >= 0, got '-3'"),
+    ("ft_request_timeout", True, "--ft-request-timeout: expected a number > 0 (seconds), got True"),
     ("ft_request_timeout", "0", "--ft-request-timeout: expected a number > 0 (seconds), got '0'"),
-    ("ft_verify_tokens", "maybe", "--ft-verify-tokens: expected auto, on or off, got 'maybe'"),
-    ("ft_cancel", "after-chunks", "--ft-cancel: after-chunks:N needs an integer N >= 1, got 'after-chunks'"),
+    ("ft_verify_tokens", "maybe", "--ft-verify-tokens: expected one of auto, on, off, got 'maybe'"),
+    ("ft_endpoint", "chat-strem", "--ft-endpoint: expected one of completion, completion-stream, chat, chat-stream, mix, "
+                                  "got 'chat-strem'; did you mean 'chat-stream'?"),
+    ("ft_cancel", "after-chunks", "--ft-cancel: expected after-chunks:N with an integer N >= 1, got 'after-chunks'"),
 ])
 def test_bad_values_are_one_line_naming_the_flag(field, value, message):
     with pytest.raises(ConfigError) as e:
@@ -59,7 +63,8 @@ def test_bad_values_are_one_line_naming_the_flag(field, value, message):
 
 
 def test_after_chunks_needs_a_streaming_endpoint():
-    with pytest.raises(ConfigError, match=r"^--ft-cancel after-chunks:2: after-chunks needs a streaming endpoint .* got --ft-endpoint completion$"):
+    with pytest.raises(ConfigError, match=r"^--ft-endpoint: expected a streaming endpoint \(completion-stream, chat-stream or mix\) "
+                                          r"for --ft-cancel after-chunks:2, got 'completion'$"):
         LoadOptions(endpoint="completion", cancel=CancelPolicy.parse("after-chunks:2"))
     LoadOptions(endpoint="mix", cancel=CancelPolicy.parse("after-chunks:2"))  # streams of the mix only
     LoadOptions(endpoint="chat", cancel=CancelPolicy.parse("after-ms:5"))
@@ -92,20 +97,28 @@ def test_cancel_specs(spec, mode, value, fraction, canonical):
 
 @pytest.mark.parametrize("spec, part", [
     ("sometimes", "expected none, before-first-token, after-chunks:N or after-ms:T"),
-    ("after-chunks:0", "after-chunks:N needs an integer N >= 1"),
-    ("after-chunks:2.5", "after-chunks:N needs an integer N >= 1"),
-    ("after-ms:-1", "after-ms:T needs milliseconds T >= 0"),
-    ("after-ms:x", "after-ms:T needs milliseconds T >= 0"),
-    ("after-ms:10@0", "@fraction must be a number with 0 < f <= 1"),
-    ("after-ms:10@1.5", "@fraction must be a number with 0 < f <= 1"),
-    ("after-ms:10@half", "@fraction must be a number with 0 < f <= 1"),
-    ("before-first-token:3", "before-first-token takes no value"),
-    ("none@0.5", "none takes no @fraction"),
+    ("after-chunk:3", "got 'after-chunk:3'; did you mean 'after-chunks'?"),
+    ("after-chunks:0", "expected after-chunks:N with an integer N >= 1, got 'after-chunks:0'"),
+    ("after-chunks:2.5", "expected after-chunks:N with an integer N >= 1"),
+    ("after-ms:-1", "expected after-ms:T with milliseconds T >= 0, got 'after-ms:-1'"),
+    ("after-ms:x", "expected after-ms:T with milliseconds T >= 0"),
+    ("after-ms:nan", "expected after-ms:T with milliseconds T >= 0"),
+    ("after-ms:10@0", "expected @fraction with 0 < f <= 1, got 'after-ms:10@0'"),
+    ("after-ms:10@1.5", "expected @fraction with 0 < f <= 1"),
+    ("after-ms:10@half", "expected @fraction with 0 < f <= 1"),
+    ("before-first-token:3", "expected before-first-token without a value"),
+    ("none@0.5", "expected none without @fraction"),
+    (5, "got 5"),
 ])
 def test_malformed_cancel_specs(spec, part):
     with pytest.raises(ConfigError) as e:
         CancelPolicy.parse(spec)
-    assert str(e.value).startswith("--ft-cancel: ") and part in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).startswith("--ft-cancel: expected ") and part in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cancel_errors_name_where_the_policy_came_from():
+    with pytest.raises(ConfigError, match=r"^x\.yaml: load\.cancel: expected after-ms:T"):
+        CancelPolicy.parse("after-ms:x", where="x.yaml: load.cancel")
 
 
 def test_which_requests_a_policy_cancels():
@@ -161,7 +174,7 @@ def test_flags_show_in_the_web_ui():
 @pytest.mark.parametrize("args, line", [
     (["--ft-rate", "0"], "ftlocust: --ft-rate: expected a number > 0 (requests per second per user), got '0'"),
     (["--ft-endpoint", "nope"], "ftlocust: --ft-endpoint: expected one of completion, completion-stream, chat, chat-stream, mix, got 'nope'"),
-    (["--ft-cancel", "after-ms"], "ftlocust: --ft-cancel: after-ms:T needs milliseconds T >= 0, got 'after-ms'"),
+    (["--ft-cancel", "after-ms"], "ftlocust: --ft-cancel: expected after-ms:T with milliseconds T >= 0, got 'after-ms'"),
     (["--ft-input-tokens", "many"], "ftlocust: --ft-input-tokens: expected an integer >= 1, got 'many'"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, line, capsys):
@@ -178,9 +191,55 @@ def test_cross_flag_check_at_init(capsys):
     with pytest.raises(SystemExit) as e:
         options.validate_on_init(Env())
     assert e.value.code == 2
-    assert capsys.readouterr().err.strip().startswith("ftlocust: --ft-cancel after-chunks:4: after-chunks needs a streaming endpoint")
+    assert capsys.readouterr().err.strip() == ("ftlocust: --ft-endpoint: expected a streaming endpoint (completion-stream, "
+                                               "chat-stream or mix) for --ft-cancel after-chunks:4, got 'chat'")
 
     class Worker:
         parsed_options = argparse.Namespace(worker=True, ft_endpoint="chat", ft_cancel="after-chunks:4")
 
     options.validate_on_init(Worker())  # workers get the master's options later
+
+
+# --- the run flags (registered by hooks): one rule each ---------------------------------------------
+
+
+@pytest.mark.parametrize("dest, value, message", [
+    ("ft_fault_after_requests", 0, "--ft-fault-after-requests: expected an integer > 0, got 0"),
+    ("ft_target_workers", "none", "--ft-target-workers: expected an integer > 0, got 'none'"),
+    ("ft_target_migration_limit", -1, "--ft-target-migration-limit: expected an integer >= 0, got -1"),
+    ("ft_fault_after_seconds", -0.5, "--ft-fault-after-seconds: expected a number >= 0, got -0.5"),
+    ("ft_recovery_window", float("nan"), "--ft-recovery-window: expected a number >= 0, got nan"),
+    ("ft_target_token_delay", -1.0, "--ft-target-token-delay: expected a number >= 0, got -1.0"),
+])
+def test_run_flags_are_checked_by_one_rule_each(dest, value, message):
+    with pytest.raises(ConfigError) as e:
+        options.check_run_flags(argparse.Namespace(**{dest: value}))
+    assert str(e.value) == message
+
+
+def test_run_flags_that_are_fine_or_unset_pass():
+    options.check_run_flags(argparse.Namespace(ft_fault_after_requests=5, ft_target_workers=1, ft_target_migration_limit=0,
+                                               ft_fault_after_seconds=0.0, ft_recovery_window=None))
+    options.check_run_flags(argparse.Namespace())
+    assert options.run_flag("ft_target_workers", "3") == 3 and options.run_flag("ft_recovery_window", "2") == 2.0
+
+
+def test_run_flag_type_is_one_line_and_exit_2(capsys):
+    convert = options.run_flag_type("ft_target_workers")
+    assert convert("2") == 2
+    with pytest.raises(SystemExit) as e:
+        convert("two")
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "ftlocust: --ft-target-workers: expected an integer > 0, got 'two'"
+
+
+def test_every_load_flag_has_one_parser_for_flag_and_scenario():
+    assert [f.key for f in options.LOAD_FLAGS] == ["endpoint", "input_tokens", "output_tokens", "rate",
+                                                   "requests_per_client", "cancel", "request_timeout"]
+    rate = options.LOAD_FLAG["rate"]
+    assert rate.parse("2.5", rate.flag) == 2.5 and options.LOAD_FLAG["cancel"].parse("AFTER-MS:5", "x") == "after-ms:5"
+    with pytest.raises(ConfigError, match=r"^x\.yaml: load\.rate: expected a number > 0 \(requests per second per user\), got 'fast'$"):
+        rate.parse("fast", "x.yaml: load.rate")
+    ns = parse()
+    for f in options.LOAD_FLAGS:  # the registered default is the one LoadOptions falls back to
+        assert getattr(ns, f.dest) == f.default

@@ -10,7 +10,9 @@ from ftlocust.phases import (
     TIMELINE,
     FaultEvent,
     FaultTimeline,
+    analyse,
     classify,
+    injected_faults,
     per_fault,
     percentile,
     phase_of,
@@ -24,6 +26,7 @@ from ftlocust.records import (
     OK,
     OUTCOMES,
     REJECTED,
+    TIMEOUT,
     TRUNCATED,
 )
 
@@ -54,7 +57,7 @@ def test_phase_of_without_fault_is_none():
 
 
 def test_fault_event_round_trip():
-    ev = FaultEvent("kill-worker", "process", "worker-1", 100.0, 104.5, {"signal": "SIGKILL", "pid": 7})
+    ev = FaultEvent("kill-worker", "process", "worker-1", 100.0, 104.5, 110.0, detail={"signal": "SIGKILL", "pid": 7})
     d = ev.to_dict()
     assert d == {
         "name": "kill-worker",
@@ -62,11 +65,55 @@ def test_fault_event_round_trip():
         "target": "worker-1",
         "injected_at": 100.0,
         "recovered_at": 104.5,
+        "rolled_back_at": 110.0,
+        "status": "injected",
+        "error": None,
         "detail": {"signal": "SIGKILL", "pid": 7},
     }
     json.dumps(d)
     assert FaultEvent.from_dict(d) == ev
-    assert FaultEvent.from_dict({"name": "n", "kind": "k", "target": "t", "injected_at": 1}).recovered_at is None
+    assert FaultEvent(**d) == ev  # what the ft_fault message handler does
+    assert ev.injected
+
+
+def test_fault_event_failed_and_not_fired_round_trip():
+    for status in ("failed", "not_fired"):
+        ev = FaultEvent("kill", "process-signal", "worker-1", None, status=status, error="why")
+        assert not ev.injected
+        assert FaultEvent.from_dict(json.loads(json.dumps(ev.to_dict()))) == ev
+
+
+def test_fault_event_from_an_old_dict_is_injected():
+    old = FaultEvent.from_dict({"name": "n", "kind": "k", "target": "t", "injected_at": 1, "recovered_at": 2,
+                                "detail": {"signal": "SIGKILL"}})
+    assert (old.status, old.error, old.rolled_back_at, old.recovered_at) == ("injected", None, None, 2.0)
+    assert old.injected and old.detail == {"signal": "SIGKILL"}
+
+
+def test_fault_event_rejects_an_injected_fault_without_time_and_unknown_status():
+    with pytest.raises(ValueError, match="needs injected_at"):
+        FaultEvent("n", "k", "t", None)
+    with pytest.raises(ValueError, match="status"):
+        FaultEvent("n", "k", "t", 1.0, status="maybe")
+
+
+def test_injected_faults_leave_out_failed_and_not_fired_in_time_order():
+    late = FaultEvent("late", "k", "t", 200.0)
+    early = FaultEvent("early", "k", "t", 100.0)
+    failed = FaultEvent("failed", "k", "t", None, status="failed", error="boom")
+    never = FaultEvent("never", "k", "t", None, status="not_fired", error="trigger never reached")
+    assert injected_faults([late, failed, early, never]) == [early, late]
+    assert phases.first_fault_time([failed, late, never]) == 200.0
+    assert phases.first_fault_time([failed, never]) is None
+
+
+def test_timeline_holds_only_injected_faults():
+    tl = FaultTimeline()
+    assert not tl.record_fault(FaultEvent("failed", "k", "t", None, status="failed", error="boom"))
+    assert not tl.record_fault(FaultEvent("never", "k", "t", None, status="not_fired", error="x"))
+    assert tl.faults == [] and tl.fault_time is None
+    assert tl.record_fault(FaultEvent("real", "k", "t", 100.0))
+    assert tl.fault_time == 100.0
 
 
 def test_timeline_first_fault_is_t_f_and_duplicates_kept_once():
@@ -219,9 +266,8 @@ def test_recovery_without_fault_is_all_none():
     r = recovery(dataset(), None)
     assert r["fault_time"] is None
     assert recovery(dataset(), T_F)["fault_time"] == T_F
-    assert r["time_to_first_success_s"] is None
-    assert r["disruption_window_s"] is None
-    assert r["time_to_steady_state_s"] is None
+    for key in phases.CLIENT_RECOVERY_KEYS:
+        assert r[key] is None, key
 
 
 def test_time_to_first_success_counts_only_requests_started_after_fault():
@@ -259,33 +305,145 @@ def test_spanning_failure_counts_in_disruption_window():
     assert r["disruption_window_s"] == 0.25
 
 
-def _before_ok(n=4):
-    return [rec(90.0 + i, 91.0 + i) for i in range(n)]
+def _before_ok(n=4, **kw):
+    """n successes before T_f, 1 s each: latency baseline p50 1.0 s."""
+    return [rec(90.0 + i, 91.0 + i, **kw) for i in range(n)]
 
 
-def test_steady_state_after_failures_leave_the_window():
-    # W = 2, baseline 1.0 → threshold 0.95; windows (u-2, u] at each end / end+2 <= last end:
-    # 100.5 [F] 0 · 101 [FF] 0 · 101.5 [FFS] · 102 [FFSS] · 102.5 [F SSS] 0.75 · 103 [SSSS] ok …
+FIGURES = ("time_to_first_success_s", "time_to_sustained_success_s", "time_to_latency_back_s", "time_to_steady_state_s")
+
+
+def _assert_ordered(r):
+    """The definitions order the figures: each bounds the next from below, steady is the last."""
+    known = [r[k] for k in FIGURES]
+    if None in known:
+        assert all(v is None for v in known[known.index(None):]), r  # None: every later one too
+        known = known[: known.index(None)]
+    assert known == sorted(known), r
+    if r["time_to_steady_state_s"] is not None:
+        assert r["time_to_steady_state_s"] >= r["disruption_window_s"]
+
+
+def test_sustained_success_after_failures_leave_the_window():
+    # W = 2, baseline 1.0 → threshold 0.95; windows (u-2, u] at each end / end+2 <= last end,
+    # from the first success (101.5) on:
+    # 101.5 [FFS] · 102 [FFSS] · 102.5 [F SSS] 0.75 · 103 [SSSS] ok …
     post = [rec(99.0, 100.5, TRUNCATED), rec(100.0, 101.0, REJECTED)]
     post += [rec(101.0, e) for e in (101.5, 102.0, 102.5, 103.0, 103.5, 104.0)]
-    r = recovery(_before_ok() + post, T_F, window_s=2.0, tolerance=0.05)
+    r = recovery(_before_ok() + post, T_F, window_s=2.0, tolerance=0.05, latency_factor=4.0)
     assert r["baseline_success_ratio"] == 1.0
-    assert r["steady_state_threshold"] == pytest.approx(0.95)
-    assert r["time_to_steady_state_s"] == 3.0
+    assert r["success_threshold"] == pytest.approx(0.95)
     assert r["time_to_first_success_s"] == 1.5
     assert r["disruption_window_s"] == 1.0
+    assert r["time_to_sustained_success_s"] == 3.0
+    # latencies 0.5 … 3.0 s stay within 4 x 1.0 s: latency is back as soon as success is
+    assert r["time_to_latency_back_s"] == 3.0
+    assert r["time_to_steady_state_s"] == 3.0
+    # with the default factor 2: the requests taking 2.5 and 3 s are outstanding past 2 s, and
+    # the last window's median (2.25 s) is above 2 s: latency never came back
+    default = recovery(_before_ok() + post, T_F, window_s=2.0)
+    assert default["time_to_sustained_success_s"] == 3.0
+    assert default["time_to_latency_back_s"] is None and default["time_to_steady_state_s"] is None
+    _assert_ordered(r)
+    _assert_ordered(default)
 
 
-def test_steady_state_without_disruption_is_the_first_completion_after_fault():
+def test_steady_state_is_never_before_the_first_success():
+    # Spanning streams (migrated) complete right after T_f; the first request started after
+    # T_f ends 1.5 s later. The success ratio of ended requests was fine from 100.2 on, but
+    # no request sent after the fault had succeeded yet: nothing is steady before 101.5.
+    spanning = [rec(99.0, 100.25, latency_s=1.25), rec(99.5, 100.5), rec(99.75, 100.75)]
+    after = [rec(100.5, 101.5), rec(101.0, 102.0), rec(101.5, 102.5)]
+    r = recovery(_before_ok() + spanning + after, T_F, window_s=2.0)
+    assert r["time_to_first_success_s"] == 1.5
+    assert r["time_to_sustained_success_s"] == 1.5
+    assert r["time_to_latency_back_s"] == 1.5
+    assert r["time_to_steady_state_s"] == 1.5
+    _assert_ordered(r)
+
+
+def test_without_disruption_steady_state_is_the_first_success():
     post = [rec(99.0, 100.25), rec(100.0, 101.0), rec(100.5, 102.0)]
     r = recovery(_before_ok() + post, T_F, window_s=1.0)
-    assert r["time_to_steady_state_s"] == 0.25
+    assert r["disruption_window_s"] == 0.0
+    assert (r["time_to_first_success_s"], r["time_to_sustained_success_s"]) == (1.0, 1.0)
+    assert r["time_to_steady_state_s"] == 1.0
 
 
-def test_never_steady_when_the_last_window_is_below_threshold():
+def test_latency_back_waits_for_the_rolling_median():
+    # Migrated streams (spanning, 3.5 s) end among fast new requests (0.75 s). W = 1, factor 2
+    # of the 1.0 s baseline. Windows (u-1, u] from the first success (100.75):
+    # 100.75 [3.5 .75] p50 2.125 · 101.25 [3.5 .75 3.5] 3.5 · 101.5 [.75 3.5] · 101.75 [3.5 .75]
+    # all > 2 · 102.25 [.75] back.
+    post = [rec(97.0, 100.5), rec(97.75, 101.25)]
+    post += [rec(s, s + 0.75) for s in (100.0, 101.0, 101.75, 102.5, 103.25)]
+    r = recovery(_before_ok() + post, T_F, window_s=1.0)
+    assert r["latency_baseline_s"] == 1.0 and r["latency_factor"] == 2.0
+    assert r["time_to_first_success_s"] == 0.75
+    assert r["time_to_sustained_success_s"] == 0.75
+    assert r["time_to_latency_back_s"] == 2.25
+    assert r["time_to_steady_state_s"] == 2.25
+    # a looser factor accepts the first windows
+    assert recovery(_before_ok() + post, T_F, window_s=1.0, latency_factor=4.0)["time_to_latency_back_s"] == 0.75
+    _assert_ordered(r)
+
+
+def test_latency_back_waits_for_the_rolling_ttft_median():
+    # TTFT baseline 0.125 s; the first four requests after the fault see 0.5 s (latency normal).
+    before = _before_ok(ttft_s=0.125)
+    post = [rec(100.0 + 0.5 * i, 100.75 + 0.5 * i, ttft_s=0.5 if i < 4 else 0.125) for i in range(10)]
+    r = recovery(before + post, T_F, window_s=1.0)
+    assert r["ttft_baseline_s"] == 0.125
+    assert r["time_to_sustained_success_s"] == 0.75
+    # (101.75, 102.75] holds TTFTs 0.5 and 0.125: p50 0.3125 > 0.25; back at 103.25
+    assert r["time_to_latency_back_s"] == 3.25
+    # without a TTFT baseline only latency counts
+    assert recovery(_before_ok() + post, T_F, window_s=1.0)["time_to_latency_back_s"] == 0.75
+
+
+def test_a_hung_request_holds_latency_back_until_it_ends():
+    # Requests every 0.5 s, 1 s each; one started after T_f hangs for 7.8 s (ok in the end).
+    # It is outstanding from 100.25 + 2 x 1.0 to 108.0, though every window's median is 1.0.
+    post = [rec(100.0 + 0.5 * i, 101.0 + 0.5 * i) for i in range(20)]
+    hung = rec(100.25, 108.0)
+    r = recovery(_before_ok() + post + [hung], T_F, window_s=2.0)
+    assert r["time_to_sustained_success_s"] == 1.0
+    assert r["time_to_latency_back_s"] == 8.0
+    assert r["time_to_steady_state_s"] == 8.0
+    # cancelled on purpose: its end is ours, not the server's
+    cancelled = rec(100.25, 108.0, CANCELLED)
+    assert recovery(_before_ok() + post + [cancelled], T_F, window_s=2.0)["time_to_latency_back_s"] == 1.0
+    # spanning requests are not held to it (only requests started after T_f)
+    long_spanning = rec(99.5, 104.0)
+    assert recovery(_before_ok() + post + [long_spanning], T_F, window_s=2.0)["time_to_latency_back_s"] == 1.0
+    _assert_ordered(r)
+
+
+def test_steady_state_is_after_the_last_failure():
+    # A single late failure leaves the ratio above threshold (tolerance 0.5), but the run is
+    # not steady before the last failed request ended.
+    post = [rec(100.0 + 0.25 * i, 100.5 + 0.25 * i) for i in range(16)]
+    post.append(rec(103.5, 104.0, REJECTED))
+    r = recovery(_before_ok() + post, T_F, window_s=2.0, tolerance=0.5)
+    assert r["time_to_sustained_success_s"] == 0.5 and r["time_to_latency_back_s"] == 0.5
+    assert r["disruption_window_s"] == 4.0
+    assert r["time_to_steady_state_s"] == 4.0
+    _assert_ordered(r)
+
+
+def test_never_sustained_when_the_last_window_is_below_threshold():
     post = [rec(100.0, 101.0), rec(100.0, 102.0), rec(100.0, 103.0, CONNECTION_ERROR)]
     r = recovery(_before_ok() + post, T_F, window_s=5.0)
-    assert r["time_to_steady_state_s"] is None
+    assert r["time_to_first_success_s"] == 1.0
+    assert r["time_to_sustained_success_s"] is None
+    assert r["time_to_latency_back_s"] is None and r["time_to_steady_state_s"] is None
+    _assert_ordered(r)
+
+
+def test_no_first_success_means_no_later_figure():
+    r = recovery(_before_ok() + [rec(99.0, 100.5), rec(101.0, 102.0, TIMEOUT)], T_F)
+    assert r["disruption_window_s"] == 2.0
+    assert all(r[k] is None for k in FIGURES)
 
 
 def test_steady_state_needs_a_request_after_fault():
@@ -295,42 +453,52 @@ def test_steady_state_needs_a_request_after_fault():
     assert r["disruption_window_s"] == 0.0
 
 
-def test_steady_state_without_before_phase_uses_full_success_as_baseline():
+def test_without_before_phase_full_success_is_the_baseline_and_latency_has_none():
     post = [rec(100.0, 100.5, REJECTED)] + [rec(100.0, 100.5 + 0.5 * i) for i in range(1, 7)]
     r = recovery(post, T_F, window_s=1.0, tolerance=0.1)
     assert r["baseline_success_ratio"] is None
-    assert r["steady_state_threshold"] == pytest.approx(0.9)
-    # (u-1, u]: 100.5 [F] · 101 [F S] · 101.5 [S S] → steady at 101.5
-    assert r["time_to_steady_state_s"] == 1.5
+    assert r["success_threshold"] == pytest.approx(0.9)
+    # from the first success (101): 101 [F S] 0.5 · 101.5 [S S] → sustained at 101.5
+    assert r["time_to_first_success_s"] == 1.0
+    assert r["time_to_sustained_success_s"] == 1.5
+    # no successful request before the fault: no latency baseline, so latency is never "back"
+    assert r["latency_baseline_s"] is None
+    assert r["time_to_latency_back_s"] is None and r["time_to_steady_state_s"] is None
 
 
-def test_steady_state_threshold_follows_a_degraded_baseline():
+def test_sustained_threshold_follows_a_degraded_baseline():
     before = [rec(90.0, 91.0), rec(91.0, 92.0, REJECTED)]  # baseline 0.5 → threshold 0.45
     post = [rec(100.0, 100.5, REJECTED), rec(100.0, 101.0), rec(100.0, 101.5)]
     r = recovery(before + post, T_F, window_s=1.0, tolerance=0.05)
     assert r["baseline_success_ratio"] == 0.5
-    # 100.5 [F] 0 · 101 [F S] 0.5 ≥ 0.45 → steady at 101
+    # 101 [F S] 0.5 ≥ 0.45 → sustained at 101
+    assert r["time_to_sustained_success_s"] == 1.0
     assert r["time_to_steady_state_s"] == 1.0
 
 
-def test_steady_state_sees_a_window_emptied_of_successes():
+def test_sustained_success_sees_a_window_emptied_of_successes():
     # Threshold 0.5 (tolerance 0.5). W = 1. S@100.25, F@100.5, then nothing until S@101.75.
     # At 101.25 the success has left the window and only the failure remains (ratio 0):
-    # evaluating at window exits as well as at ends, steady state is 101.75, not 100.25.
+    # evaluating at window exits as well as at ends, sustained success is 101.75, not 100.25.
     post = [rec(100.0, 100.25), rec(100.0, 100.5, REJECTED), rec(100.0, 101.75)]
     r = recovery(_before_ok() + post, T_F, window_s=1.0, tolerance=0.5)
+    assert r["time_to_first_success_s"] == 0.25
+    assert r["time_to_sustained_success_s"] == 1.75
     assert r["time_to_steady_state_s"] == 1.75
 
 
 def test_recovery_ignores_cancelled_requests_for_steady_state():
     post = [rec(100.0, 100.5, CANCELLED), rec(100.0, 101.0)]
     r = recovery(_before_ok() + post, T_F, window_s=1.0)
+    assert r["time_to_sustained_success_s"] == 1.0
     assert r["time_to_steady_state_s"] == 1.0
 
 
-def test_recovery_rejects_bad_window():
+def test_recovery_rejects_bad_window_and_factor():
     with pytest.raises(ValueError):
         recovery([], T_F, window_s=0)
+    with pytest.raises(ValueError):
+        recovery([], T_F, latency_factor=0.5)
 
 
 def test_recovery_is_json_safe():
@@ -360,6 +528,66 @@ def test_per_fault_splits_between_consecutive_faults():
     assert out[0]["recovery"]["disruption_window_s"] == 0.0
     assert out[1]["recovery"]["disruption_window_s"] == 1.0
     assert out[1]["recovery"]["time_to_first_success_s"] == 6.0
+
+
+def test_per_fault_ignores_faults_that_did_not_happen():
+    f1 = FaultEvent("kill-1", "process", "worker-1", 100.0)
+    failed = FaultEvent("kill-x", "process", "worker-3", None, status="failed", error="no such process")
+    out = per_fault([rec(90.0, 95.0), rec(150.0, 160.0)], [failed, f1])
+    assert [o["fault"]["name"] for o in out] == ["kill-1"]
+    assert out[0]["phases"]["after"]["count"] == 1
+
+
+def _three_faults():
+    kill_2 = FaultEvent("kill-2", "process", "worker-2", 200.0)
+    never = FaultEvent("stall", "process", "worker-1", None, status="not_fired",
+                       error="trigger never reached: after 900 finished requests")
+    kill_1 = FaultEvent("kill-1", "process", "worker-1", 100.0, 104.0)
+    return [kill_2, never, kill_1]  # the scenario's order
+
+
+def test_analyse_one_entry_per_planned_fault_in_scenario_order():
+    records = [rec(90.0, 95.0), rec(99.0, 101.0), rec(101.0, 102.0), rec(150.0, 151.0),
+               rec(199.0, 201.0, TRUNCATED), rec(205.0, 206.0)]
+    a = analyse(records, _three_faults(), {"kill-1": 2.5, "kill-2": None}, window_s=2.0)
+    assert a["fault_time"] == 100.0
+    assert [e["name"] for e in a["per_fault"]] == ["kill-2", "stall", "kill-1"]
+    kill_2, stall, kill_1 = a["per_fault"]
+    assert (stall["status"], stall["phases"], stall["recovery"], stall["server_recovery_s"]) == ("not_fired", None, None, None)
+    assert stall["error"] == "trigger never reached: after 900 finished requests"
+    assert stall["fault"]["injected_at"] is None
+    assert kill_1["status"] == "injected" and kill_1["error"] is None
+    assert kill_1["server_recovery_s"] == 2.5 and kill_1["recovery"]["server_recovery_s"] == 2.5
+    assert kill_2["server_recovery_s"] is None and kill_2["recovery"]["server_recovery_s"] is None
+    # each fault its own phases: kill-1 sees what ended up to 200, kill-2 what ended after 100
+    assert (kill_1["phases"]["before"]["count"], kill_1["phases"]["spanning"]["count"],
+            kill_1["phases"]["after"]["count"]) == (1, 1, 2)
+    assert (kill_2["phases"]["before"]["count"], kill_2["phases"]["spanning"]["count"],
+            kill_2["phases"]["after"]["count"]) == (3, 1, 1)
+    assert kill_1["recovery"]["fault_time"] == 100.0 and kill_2["recovery"]["fault_time"] == 200.0
+    assert kill_2["recovery"]["disruption_window_s"] == 1.0
+    # the whole run against the first injected fault (what checks read)
+    assert a["phases"]["before"]["count"] == 1 and a["phases"]["after"]["count"] == 4
+    assert a["recovery"]["fault_time"] == 100.0 and a["recovery"]["server_recovery_s"] == 2.5
+    assert a["recovery"]["disruption_window_s"] == 101.0
+    json.dumps(a, allow_nan=False)
+
+
+def test_analyse_a_failed_fault_sets_no_fault_time():
+    failed = FaultEvent("kill", "process", "worker-1", None, status="failed", error="PermissionError: denied")
+    a = analyse([rec(90.0, 95.0), rec(101.0, 102.0)], [failed], {"kill": 3.0})
+    assert a["fault_time"] is None
+    assert a["phases"]["before"]["count"] == 2 and a["phases"]["after"]["count"] == 0
+    assert a["recovery"]["time_to_first_success_s"] is None and a["recovery"]["server_recovery_s"] is None
+    (entry,) = a["per_fault"]
+    assert (entry["status"], entry["error"], entry["phases"]) == ("failed", "PermissionError: denied", None)
+    assert entry["server_recovery_s"] is None  # no fault, no server view of it
+
+
+def test_analyse_without_faults():
+    a = analyse([rec(90.0, 95.0)], [])
+    assert a["fault_time"] is None and a["per_fault"] == []
+    assert a["recovery"]["server_recovery_s"] is None
 
 
 def test_stats_never_produce_nan():

@@ -28,6 +28,15 @@ class ReferenceDeployment:
     """The embedded default target. Knobs: README.md beside this file."""
 
     frontend_role = "frontend"
+    started_here = True
+
+    @classmethod
+    def from_spec(cls, spec, run_dir: str, host: str | None = None) -> "ReferenceDeployment":
+        """From a scenario's `target` (kind reference): workers, migration limit, options."""
+        from ftlocust.targets import options_for
+
+        options = options_for(cls, spec.options, "reference", {"workers", "migration_limit"})
+        return cls(run_dir, workers=spec.workers, migration_limit=spec.migration_limit, **options)
 
     def __init__(
         self,
@@ -138,6 +147,25 @@ class ReferenceDeployment:
         if info is None:
             raise ConfigError(f"role {role}: address unknown (not started yet? see {self._addr_path(role)})")
         return info["url"]
+
+    def address(self, role: str) -> str | None:
+        try:
+            return self.url(role).split("://", 1)[1]
+        except ConfigError:
+            return None
+
+    def alive(self, role: str) -> bool:
+        return self.group.alive(role)
+
+    def pid(self, role: str) -> int | None:
+        return self.group.pid(role)
+
+    def process(self, role: str):
+        """The process the role runs now, by identity (None when it is not running)."""
+        from ftlocust.processes import ProcessRef
+
+        pid = self.group.pid(role)
+        return ProcessRef.capture(pid, role) if pid is not None and self.group.alive(role) else None
 
     def health_url(self, role: str) -> str:
         return self.url(role) + "/health"
