@@ -46,7 +46,7 @@ class LoadOptions:
 
     endpoint: str = DEFAULT_ENDPOINT  # one of ENDPOINTS
     model: str | None = None  # None: discovered from GET /v1/models
-    input_tokens: int = 100  # prompt length, approximated by words (see users.build_prompt)
+    input_tokens: int = 100  # prompt length, approximated by words (see payloads.build_prompt)
     output_tokens: int = 100  # max_tokens, sent with ignore_eos
     rate: float = 1.0  # strict: no two starts of one user closer than 1/rate seconds
     requests_per_client: int = 100  # then the user stops; 0 = no budget (run until stopped)

@@ -79,9 +79,7 @@ class ProcessGroup:
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = os.path.abspath(os.fspath(run_dir))
         self.logs_dir = os.path.join(self.run_dir, "logs")
-        self.pids_dir = os.path.join(self.run_dir, "pids")
-        os.makedirs(self.logs_dir, exist_ok=True)
-        os.makedirs(self.pids_dir, exist_ok=True)
+        self.pids_dir = os.path.join(self.run_dir, "pids")  # both made at the first start (a dry run makes none)
         self.specs: dict[str, ProcessSpec] = {}
         self.started_at: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}
@@ -95,6 +93,8 @@ class ProcessGroup:
 
     def start(self, spec: ProcessSpec, wait: bool = True) -> int:
         """Start spec.role (which must not be running); return its PID. wait: wait_ready too."""
+        os.makedirs(self.logs_dir, exist_ok=True)
+        os.makedirs(self.pids_dir, exist_ok=True)
         if not spec.role or "/" in spec.role:
             raise ConfigError(f"process role {spec.role!r}: expected a non-empty name without '/'")
         if self.alive(spec.role):
