@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 
+from ftlocust.jsonl import read_jsonl
+
 STOPPED_STATES = ("T", "t")  # SIGSTOP / job control stop, tracing stop
 
 
@@ -253,17 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def read_events(path: str | os.PathLike) -> list[dict]:
     """Every line of a witness file, in order; a torn last line is skipped; [] if no file."""
-    out = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return out
+    return read_jsonl(path)
 
 
 class Witness:

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping
 
 from ftlocust.dynamo_env import env_python, require_env
 from ftlocust.errors import ConfigError
-from ftlocust.targets.local import ProcessGroup, ProcessSpec, last_line
+from ftlocust.targets.local import GroupProcesses, ProcessGroup, ProcessSpec, last_line
 from ftlocust.targets.tinymodel import write_tiny_model
 
 BROKER_ROLE = "broker"
@@ -108,7 +108,7 @@ def _strings(value: Any, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-class DynamoDeployment:
+class DynamoDeployment(GroupProcesses):
     """A local Dynamo (frontend + `workers` mocker workers + event broker) under `run_dir`.
 
     Options (all keywords are scenario `target.options` too):
@@ -238,19 +238,6 @@ class DynamoDeployment:
             return self._system_url(role, "").split("://", 1)[1]
         except (ConfigError, RuntimeError):
             return None
-
-    def alive(self, role: str) -> bool:
-        return self.group.alive(role)
-
-    def pid(self, role: str) -> int | None:
-        return self.group.pid(role)
-
-    def process(self, role: str):
-        """The process the role runs now, by identity (None when it is not running)."""
-        from ftlocust.processes import ProcessRef
-
-        pid = self.group.pid(role)
-        return ProcessRef.capture(pid, role) if pid is not None and self.group.alive(role) else None
 
     def log_path(self, role: str) -> str:
         return self.group.log_path(role)

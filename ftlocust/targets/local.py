@@ -280,3 +280,23 @@ def _kill_all(procs: dict) -> None:
                 p.wait(timeout=5)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+
+
+class GroupProcesses:
+    """The `Deployment` methods about processes, for deployments that run theirs in
+    `self.group` (a `ProcessGroup`)."""
+
+    group: ProcessGroup
+
+    def alive(self, role: str) -> bool:
+        return self.group.alive(role)
+
+    def pid(self, role: str) -> int | None:
+        return self.group.pid(role)
+
+    def process(self, role: str):
+        """The process the role runs now, by identity (None when it is not running)."""
+        from ftlocust.processes import ProcessRef
+
+        pid = self.group.pid(role)
+        return ProcessRef.capture(pid, role) if pid is not None and self.group.alive(role) else None

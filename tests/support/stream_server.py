@@ -20,6 +20,7 @@ Connections (all legal HTTP/1.1; keep-alive without a `Connection: close` header
 Per-request knobs, as extra body fields (they override the command-line defaults):
   x_first_delay S     seconds before the first token (prefill); headers go out at once
   x_token_delay S     seconds between tokens
+  --fail-every N      every N-th generation request (of any kind) answers HTTP 500
   x_status N          answer with HTTP N and an OpenAI error body (503 adds Retry-After)
   x_error_after K     after K tokens send `data: {"error": {...}}` and then `[DONE]` (HTTP 200)
   x_cut_after K       after K tokens drop the connection mid-body (no [DONE], incomplete chunked body)
@@ -108,6 +109,7 @@ class App:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.stats = Stats()
+        self.generated = 0  # generation requests so far (--fail-every)
         self.server: web.Server | None = None
         self.conns: dict = {}  # transport -> Conn, with --close-after-response / --keepalive-timeout
         if args.tokens == "reference":
@@ -227,6 +229,9 @@ class App:
                 request.transport.close()
                 return web.Response()  # never sent: the connection is gone
             status = int(body.get("x_status", a.status))
+            self.generated += 1
+            if a.fail_every and self.generated % a.fail_every == 0:
+                status = 500
             if status != 200:
                 headers = {"Retry-After": "1"} if status == 503 else None
                 entry["completed"] = True
@@ -466,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--first-delay", type=float, default=0.0)
     p.add_argument("--token-delay", type=float, default=0.0)
     p.add_argument("--status", type=int, default=200, help="HTTP status for every generation request")
+    p.add_argument("--fail-every", type=int, default=0, help="answer every N-th generation request with HTTP 500")
     p.add_argument("--models-mode", choices=["ok", "html", "wrong-json", "empty", "error"], default="ok")
     p.add_argument("--tokens", choices=["plain", "reference"], default="plain")
     p.add_argument("--tokens-per-chunk", type=int, default=1)

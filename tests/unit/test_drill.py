@@ -9,32 +9,12 @@ import pytest
 from ftlocust import phases
 from ftlocust.drill import Drill, DrillOptions
 from ftlocust.errors import ConfigError
-from ftlocust.faults import REGISTRY, Fault
+from ftlocust.faults import REGISTRY
 from ftlocust.records import CONNECTION_ERROR, OK, RequestRecord, read_records
 from ftlocust.scenario import FaultSpec, Scenario, TargetSpec, TriggerSpec
+from tests.support.fakes import CountingFault as RecordingFault
 
 
-class RecordingFault(Fault):
-    kind = "test-recording"
-    injected = 0
-    recovered = 0
-
-    def preflight(self, ctx):
-        pass
-
-    def describe(self):
-        return "records calls"
-
-    def inject(self, ctx):
-        type(self).injected += 1
-        self.event = phases.FaultEvent(name=self.name, kind=self.kind, target=self.spec.target,
-                                       injected_at=time.time(), recovered_at=None, detail={})
-        return self.event
-
-    def recover(self, ctx):
-        type(self).recovered += 1
-        self.event.recovered_at = time.time()
-        return f"lifted {self.name}"
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +103,7 @@ def test_dry_run_describes_without_side_effects(tmp_path):
     drill = Drill(scenario, DrillOptions(artifacts_dir=str(tmp_path / "a"), host="http://127.0.0.1:9", dry_run=True))
     drill.setup()
     text = drill.describe()
-    assert "fault 1: records calls" in text and "http://127.0.0.1:9" in text
+    assert "fault 1: counts calls" in text and "http://127.0.0.1:9" in text
     assert not (tmp_path / "a" / "requests.jsonl").exists()
 
 

@@ -9,34 +9,12 @@ import pytest
 
 from ftlocust import phases
 from ftlocust.drill import Drill, DrillOptions
-from ftlocust.faults import REGISTRY, Fault
+from ftlocust.faults import REGISTRY
 from ftlocust.records import OK, RequestRecord, read_records
 from ftlocust.scenario import FaultSpec, Scenario, TargetSpec, TriggerSpec
+from tests.support.fakes import CountingFault
 
 
-class CountingFault(Fault):
-    kind = "test-counting"
-    injected = 0
-    recovered = 0
-
-    def preflight(self, ctx):
-        pass
-
-    def describe(self):
-        return "counts calls"
-
-    def inject(self, ctx):
-        type(self).injected += 1
-        self.event = phases.FaultEvent(name=self.name, kind=self.kind, target=self.spec.target,
-                                       injected_at=time.time(), recovered_at=None, detail={})
-        return self.event
-
-    def recover(self, ctx):
-        if self.event is None or self.event.recovered_at is not None:
-            return None
-        type(self).recovered += 1
-        self.event.recovered_at = time.time()
-        return f"lifted {self.name}"
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ import time
 
 import ftlocust
 from ftlocust.errors import ConfigError
-from ftlocust.targets.local import ProcessGroup, ProcessSpec, http_get_status
+from ftlocust.targets.local import GroupProcesses, ProcessGroup, ProcessSpec, http_get_status
 from ftlocust.targets.reference import client
 from ftlocust.targets.reference.events import EventLog
 from ftlocust.targets.reference.wire import AGGREGATED, DECODE, PREFILL
@@ -24,7 +24,7 @@ from ftlocust.targets.reference.wire import AGGREGATED, DECODE, PREFILL
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ftlocust.__file__)))
 
 
-class ReferenceDeployment:
+class ReferenceDeployment(GroupProcesses):
     """The embedded default target. Knobs: README.md beside this file."""
 
     frontend_role = "frontend"
@@ -153,19 +153,6 @@ class ReferenceDeployment:
             return self.url(role).split("://", 1)[1]
         except ConfigError:
             return None
-
-    def alive(self, role: str) -> bool:
-        return self.group.alive(role)
-
-    def pid(self, role: str) -> int | None:
-        return self.group.pid(role)
-
-    def process(self, role: str):
-        """The process the role runs now, by identity (None when it is not running)."""
-        from ftlocust.processes import ProcessRef
-
-        pid = self.group.pid(role)
-        return ProcessRef.capture(pid, role) if pid is not None and self.group.alive(role) else None
 
     def health_url(self, role: str) -> str:
         return self.url(role) + "/health"

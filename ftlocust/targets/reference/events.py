@@ -17,6 +17,8 @@ import json
 import os
 import time
 
+from ftlocust.jsonl import read_jsonl
+
 
 class EventLog:
     def __init__(self, path: str | os.PathLike, source: str):
@@ -38,14 +40,4 @@ class EventLog:
 
 def read_events(path: str | os.PathLike) -> list[dict]:
     """All events in the file, in order; a torn last line (writer killed) is skipped."""
-    out = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return out
+    return read_jsonl(path)
