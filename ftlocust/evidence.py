@@ -122,15 +122,23 @@ def wait_for_line(
     def matches(line: str) -> bool:
         return found(line) and not any(s in line for s in ignore)
 
-    offsets = {path: 0 for path in paths}
+    found_in = _first_match({path: path for path in paths}, matches, timeout_s, interval_s)
+    return found_in[1] if found_in else None
+
+
+def _first_match(paths: Mapping[str, str], matches, timeout_s: float, interval_s: float) -> tuple[str, str] | None:
+    """(key, line) of the first new complete line of `paths` (key → file, read in turn, each from
+    its start) that `matches`, waiting up to `timeout_s`; None at the timeout. At least one pass,
+    at most ceil(timeout_s / interval_s) + 1."""
+    offsets = {key: 0 for key in paths}
     interval_s = max(interval_s, 0.001)
     max_passes = math.ceil(max(timeout_s, 0.0) / interval_s) + 1
     deadline = time.monotonic() + timeout_s
     for _ in range(max_passes):
-        for path in offsets:
-            line, offsets[path] = _scan_new(path, matches, offsets[path])
+        for key, path in paths.items():
+            line, offsets[key] = _scan_new(path, matches, offsets[key])
             if line is not None:
-                return line
+                return key, line
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -168,20 +176,8 @@ def find_serving_role(
     migrated request is received by the survivor too), the first in `log_paths` order wins.
     """
     matches = _matcher(request_id_regex(request_id, pattern), regex=True)
-    offsets = {role: 0 for role in log_paths}
-    interval_s = max(interval_s, 0.001)
-    max_passes = math.ceil(max(timeout_s, 0.0) / interval_s) + 1
-    deadline = time.monotonic() + timeout_s
-    for _ in range(max_passes):
-        for role, path in log_paths.items():
-            line, offsets[role] = _scan_new(path, matches, offsets[role])
-            if line is not None:
-                return role
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(interval_s, remaining))
-    return None
+    found_in = _first_match(log_paths, matches, timeout_s, interval_s)
+    return found_in[0] if found_in else None
 
 
 def log_files(path: str) -> list[str]:

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from ftlocust.processes import process_identity
 from ftlocust.records import read_records
 from tests.support.distributed import free_port, run_distributed
 
@@ -38,11 +39,7 @@ def _pids(artifacts):
 
 
 def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return process_identity(pid) is not None  # None: gone, or a zombie
 
 
 def _assert_torn_down(artifacts):

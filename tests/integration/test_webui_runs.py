@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 
+from ftlocust.processes import process_identity
 from ftlocust.records import read_records
 from tests.support.distributed import free_port
 
@@ -57,11 +58,7 @@ def _read(path):
 
 
 def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return process_identity(pid) is not None  # None: gone, or a zombie
 
 
 def _swarm_until_fault_then_stop(port, host, folder, proc):
