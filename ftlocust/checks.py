@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from ftlocust import validation as v
 from ftlocust.errors import ConfigError
 from ftlocust.evidence import BENIGN_LOG_LINES, MetricsSnapshot, family_base, log_files, scan_log, wait_for_line
 from ftlocust.phases import (
@@ -273,8 +274,6 @@ def register_check(kind: str, fields: Iterable[Field], label: Callable[[dict], s
 
 def _type_error(f: Field, value: Any, where: str) -> ConfigError | None:
     """The error for `value` in field `f` (the field's path `where`), or None when it is right."""
-    from ftlocust import validation as v
-
     t = f.type
     try:
         if t == "number":
@@ -303,12 +302,6 @@ def _type_error(f: Field, value: Any, where: str) -> ConfigError | None:
     return None
 
 
-def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    from ftlocust.validation import did_you_mean  # the one implementation (kept for _validate_extra)
-
-    return did_you_mean(word, options)
-
-
 @dataclass
 class Check:
     """One configured check. `evaluate(result)` returns its `Verdict` (and may raise; use the
@@ -326,8 +319,6 @@ class Check:
 def build_check(spec: Mapping | str, where: str = "check") -> Check:
     """One spec (a check name, or a mapping with `check`) → `Check`; a bad one is a one-line
     `ConfigError` in `ftlocust.validation`'s shape, naming the field's path below `where`."""
-    from ftlocust import validation as v
-
     if isinstance(spec, str):
         spec = {"check": spec}
     if not isinstance(spec, Mapping):
@@ -355,26 +346,23 @@ def build_check(spec: Mapping | str, where: str = "check") -> Check:
             params[f.name] = f.default
     if "labels" in params and params["labels"] is not None:
         params["labels"] = {k: str(x) for k, x in params["labels"].items()}
-    _validate_extra(kind, params, f"{where} ({kind})")
+    _validate_extra(kind, params, where)
     title = params.pop("title") or ctype.label(params)
     return Check(name=title, kind=kind, params=params)
 
 
-def _validate_extra(kind: str, params: dict, here: str) -> None:
-    """Checks across fields: metric names against the catalog, regexes compile."""
+def _validate_extra(kind: str, params: dict, where: str) -> None:
+    """Checks across fields: metric names against the catalogue, regexes compile."""
     if kind in ("metric_increased", "cancellations_counted") and not params.get("allow_unknown_metric"):
         metric = params["name"]
         if not is_known_metric(metric):
-            hint = _did_you_mean(metric, KNOWN_METRICS)
-            raise ConfigError(
-                f"{here}: field 'name': unknown metric '{metric}'{hint} "
-                f"(set allow_unknown_metric: true to use it anyway)"
-            )
+            raise v.error(v.at(where, "name"), "a metric of the target's catalogue (set allow_unknown_metric: true "
+                          "to use another)", metric, v.did_you_mean(metric, KNOWN_METRICS))
     if params.get("regex") and "pattern" in params:
         try:
             re.compile(params["pattern"])
         except re.error as e:
-            raise ConfigError(f"{here}: field 'pattern' is not a valid regex: {e}") from None
+            raise v.error(v.at(where, "pattern"), f"a valid regex ({e})", params["pattern"]) from None
 
 
 def build_checks(specs: Iterable[Mapping | str] | None, where: str = "checks") -> list[Check]:
