@@ -128,8 +128,13 @@ class Drill:
         return lines
 
     def worker_log_lines(self) -> dict[str, list[str]]:
-        roles = sorted(p.name for p in (self.art / "services").iterdir() if p.name.startswith("worker-"))
-        return {role: self.log_lines(role) for role in roles}
+        """Each worker's whole log, as the deployment left it after teardown (the copies in
+        services/ are the logs as the verdicts saw them: a line written a moment after the
+        "after" metrics scrape is only in these)."""
+        logs = self.art / "deployment" / "logs"
+        roles = sorted(p.name[:-4] for p in logs.glob("worker-*.log") if not p.name.endswith(".previous.log"))
+        return {role: [line for name in (f"{role}.previous.log", f"{role}.log") if (logs / name).is_file()
+                       for line in (logs / name).read_text(errors="replace").splitlines()] for role in roles}
 
     def metric_delta(self, role: str, name: str, **labels) -> float:
         folder = self.art / "services" / role
