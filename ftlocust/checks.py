@@ -775,3 +775,45 @@ def _cancellations_counted(p: dict, result: RunResult) -> tuple[bool, str]:
         if empty:
             return empty
     return abs(change - cancelled) < 0.5, detail
+
+
+@register_check(
+    "fault_window",
+    [
+        Field("fault", "str", required=True),
+        Field("min_affected_during", "int", default=1, min=0),
+        Field("max_failed_after", "int", default=0, min=0),
+        Field("max_stalled_after", "int", default=0, min=0),
+        Field("min_ok_after", "int", default=1, min=0),
+    ],
+    label=lambda p: f"fault_window[{p['fault']}]",
+)
+def _fault_window(p: dict, result: RunResult) -> tuple[bool, str]:
+    """A fault with an end (a partition lifted, a SIGCONT): while it was in effect at least
+    `min_affected_during` requests failed, stalled or were cut — it did something — and after
+    its end at most `max_failed_after` failed and `max_stalled_after` stalled, with at least
+    `min_ok_after` ok (`phases.window_stats`)."""
+    entry = next((e for e in result.per_fault if e.get("name") == p["fault"]), None)
+    if entry is None:
+        names = ", ".join(e.get("name") or "?" for e in result.per_fault) or "none"
+        return False, f"no fault named {p['fault']!r} (faults: {names})"
+    if entry.get("status") != "injected":
+        return False, f"{p['fault']} was not injected ({entry.get('status')}: {entry.get('error')})"
+    w = entry.get("window")
+    if w is None:
+        return False, f"{p['fault']}'s effect never ended (no end to compare before and after)"
+    d, a = w["during"], w["after_end"]
+    affected = d["failed"] + d["stalled"] + d["cut_streams"]
+    problems = []
+    if affected < p["min_affected_during"]:
+        problems.append(f"only {affected} request(s) affected during it (need >= {p['min_affected_during']})")
+    if a["failed"] > p["max_failed_after"]:
+        problems.append(f"{a['failed']} failed after it (max {p['max_failed_after']}): {_failure_breakdown(a)}")
+    if a["stalled"] > p["max_stalled_after"]:
+        problems.append(f"{a['stalled']} stalled after it (max {p['max_stalled_after']})")
+    if a["success"] < p["min_ok_after"]:
+        problems.append(f"{a['success']} ok after it (need >= {p['min_ok_after']})")
+    detail = (f"in effect {w['in_effect_s']:.2f} s; during: {d['count']} request(s), {d['failed']} failed, "
+              f"{d['stalled']} stalled (>= {w['stall_s']:g} s wait), {d['cut_streams']} cut; after: {a['count']}, "
+              f"{a['success']} ok, {a['failed']} failed, {a['stalled']} stalled")
+    return not problems, ("; ".join(problems) + " — " + detail) if problems else detail

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import gevent
 
 from ftlocust import checks as checks_module
-from ftlocust import evidence, phases, plot, report, targets, validation
+from ftlocust import evidence, guardian, phases, plot, report, targets, validation
 from ftlocust.errors import ConfigError
 from ftlocust.faults import Fault, FaultContext, build_faults
 from ftlocust.records import RequestLog, RequestRecord
@@ -88,6 +88,7 @@ class Drill:
         self.late_records = 0
         self.misnamed = 0  # requests whose Locust row name carries another phase than the master's
         self._fire_counts: dict[int, int] = {}
+        self.guardian: guardian.Guardian | None = None
         self.ctx = FaultContext(artifacts_dir=options.artifacts_dir, dry_run=options.dry_run,
                                 resolve_serving=self._resolve_serving)
 
@@ -123,6 +124,10 @@ class Drill:
             raise ConfigError(f"--ft-artifacts: {self.options.artifacts_dir} already holds a run; choose another folder")
         self.request_log = RequestLog(log_path)
         phases.TIMELINE.reset()
+        if self.guardian is None and ((not reused and deployment.started_here) or any(f.reversible for f in self.faults)):
+            # Before anything it must undo exists: every process started, every lasting fault.
+            self.guardian = guardian.Guardian.ensure(self.options.artifacts_dir)
+            self.ctx.guardian = self.guardian
         if not reused:
             self._start_deployment()
         for fault in self.faults:
@@ -148,6 +153,9 @@ class Drill:
         t = self.scenario.target
         where = self.options.host or f"embedded {t.kind} deployment ({t.workers} workers, migration limit {t.migration_limit})"
         lines = [f"scenario {self.scenario.name}: target {where}"]
+        lab = self.deployment.network_lab if self.deployment is not None else None
+        if lab is not None:
+            lines += ["  " + line for line in lab.describe().splitlines()]
         lines += [f"  fault {i + 1}: {f.describe()}" for i, f in enumerate(self.faults)]
         lines += [f"  check: {c.name}" for c in self.checks]
         return "\n".join(lines)
@@ -160,6 +168,7 @@ class Drill:
             raise RuntimeError("next_run: this run has not finished")
         options = dataclasses.replace(self.options, artifacts_dir=artifacts_dir)
         nxt = Drill(self.scenario, options, broadcast=self.broadcast, quit_run=self.quit_run)
+        nxt.guardian = nxt.ctx.guardian = self.guardian  # one per driver process, across runs
         nxt.setup(deployment=self.deployment)
         return nxt
 
@@ -188,9 +197,14 @@ class Drill:
         return self.options.host or (self.deployment.base_url if self.deployment else None)
 
     # ---------------------------------------------------------------- during load
+    def _triggered(self):
+        """(index, fault) of the faults their own trigger fires: first occurrences only (the
+        next occurrences of a repeated fault follow the one before, `_fire`)."""
+        return [(i, f) for i, f in enumerate(self.faults) if f.occurrence == 1]
+
     def load_started(self) -> None:
         self.load_started_at = time.time()
-        for i, fault in enumerate(self.faults):
+        for i, fault in self._triggered():
             seconds = fault.spec.trigger.after_seconds
             if seconds is not None:
                 self._greenlets.append(gevent.spawn_later(seconds, self._fire, i))
@@ -210,14 +224,14 @@ class Drill:
         self.finished_count += 1
         if self.request_log is not None:
             self.request_log.write(record)
-        for i, fault in enumerate(self.faults):
+        for i, fault in self._triggered():
             n = fault.spec.trigger.after_requests
             if n is not None and self.finished_count >= n:
                 self._fire(i)
 
     def on_probe(self, request_id: str, chunks: int) -> None:
         self.probe_request_id = request_id
-        for i, fault in enumerate(self.faults):
+        for i, fault in self._triggered():
             k = fault.spec.trigger.mid_stream_chunks
             if k is not None and chunks >= k:
                 self._fire(i)
@@ -227,7 +241,17 @@ class Drill:
             return
         self._fired.add(index)  # before anything can yield: exactly once
         self._fire_counts[index] = self.finished_count
-        self._greenlets.append(gevent.spawn(self._run_fault, self.faults[index]))
+        fault = self.faults[index]
+        self._greenlets.append(gevent.spawn(self._run_fault, fault))
+        nxt = index + 1
+        if fault.spec.repeat is not None and nxt < len(self.faults) and self.faults[nxt].spec is fault.spec:
+            self._greenlets.append(gevent.spawn(self._fire_at, time.time() + fault.spec.repeat.every_s, nxt))
+
+    def _fire_at(self, when: float, index: int) -> None:
+        # Slept from inside a greenlet, against the wall clock: a timer armed from outside the
+        # hub's loop counts from the loop's cached time, which may be long stale.
+        gevent.sleep(max(0.0, when - time.time()))
+        self._fire(index)
 
     def _run_fault(self, fault: Fault) -> None:
         try:
@@ -236,6 +260,8 @@ class Drill:
             log.error("fault %s could not be injected: %s", fault.name, e)
             fault.event = phases.FaultEvent(name=fault.name, kind=fault.kind, target=fault.spec.target,
                                             injected_at=None, status="failed", error=f"{type(e).__name__}: {e}")
+            if self.ctx.holds.get(fault.name):  # it got as far as guarding an effect: undo what it did
+                self._recover(fault, "failed injection")
             return
         fault.event = event
         self._injection_order.append(fault)
@@ -260,9 +286,10 @@ class Drill:
             self.rollbacks.append({"fault": fault.name, "reason": reason, "action": None, "at": at,
                                    "ok": False, "error": f"{type(e).__name__}: {e}"})
             return
+        self.ctx.release(fault.name)  # lifted (or nothing left to lift): the guardian forgets it
         if action is None:
             return  # nothing to undo (already lifted, or a crash nothing restarts)
-        if fault.event is not None:
+        if fault.event is not None and fault.event.injected:
             fault.event.rolled_back_at = at
         self.rollbacks.append({"fault": fault.name, "reason": reason, "action": action, "at": at, "ok": True,
                                "error": None})
@@ -362,11 +389,15 @@ class Drill:
         return self.exit_code
 
     def stop_target(self) -> None:
+        """Tear the embedded target down, then let the guardian go (what it still holds — a
+        rollback that failed — it runs once this process exits)."""
         if self.deployment is not None:
             try:
                 self.deployment.stop()
             except Exception as e:
                 log.error("stopping the deployment failed: %s", e)
+        if self.guardian is not None:
+            self.guardian.close()
 
     def _log_paths(self) -> dict[str, str]:
         if self.deployment is None:

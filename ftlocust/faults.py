@@ -15,8 +15,18 @@ and explicit hooks the drill asks instead of reaching into a kind:
     affected_role()         the deployment role the fault hit (after inject): the server view
                             waits until the deployment serves without it or with its replacement
     scheduled_recovery_s()  seconds after injection at which the drill calls recover() early
-    reversible              class flag: the effect lasts until recover() lifts it (a stopped
-                            process, a partition); the guardian will hold those rollbacks
+                            (default: the spec's `duration_s`)
+    reversible              the effect lasts until recover() lifts it (a stopped process, a
+                            partition): only these take `duration_s`
+
+Every fault with a lasting effect hands its rollback to the guardian (`ftlocust.guardian`, a
+process that lifts it if ftlocust dies) with `ctx.guard(self.name, action)` right BEFORE it puts
+the effect in place; the drill releases it once recover() succeeded. A kind must inject without
+starting a process: on a busy machine a fork takes seconds and the fault lands late.
+
+Fields every kind takes (`FaultSpec`): `duration_s` (lift this long after injection) and
+`repeat: {every_s, count}` — `count` occurrences, each its own `Fault` (named `name#1`…) and its
+own timeline entry, the next one `every_s` after the previous one fired (`build_faults`).
 
 Each kind is a module in `ftlocust/fault_kinds/`, imported when a scenario uses it, so a kind's
 optional library is needed only then. Users add kinds from a plugin with `register`.
@@ -57,6 +67,20 @@ class FaultContext:
     # The worker role serving the probe request (from the worker logs), or None; set by the drill.
     resolve_serving: Callable[[], str | None] | None = None
     extra: dict = field(default_factory=dict)
+    guardian: Any = None  # ftlocust.guardian.Guardian; None: no guardian (a kind used on its own)
+    holds: dict[str, list[int]] = field(default_factory=dict)  # fault name -> guardian hold ids
+
+    def guard(self, fault_name: str, action: dict) -> None:
+        """Before a lasting effect: hand its rollback (guardian action data) to the guardian,
+        which runs it if ftlocust dies first. Raises GuardianError when the guardian is gone:
+        a fault nobody would lift is not injected."""
+        if self.guardian is not None:
+            self.holds.setdefault(fault_name, []).append(self.guardian.hold(action))
+
+    def release(self, fault_name: str) -> None:
+        """The fault was lifted by the driver: the guardian forgets its rollbacks."""
+        for hold_id in self.holds.pop(fault_name, []):
+            self.guardian.release(hold_id)
 
 
 # --- targets -----------------------------------------------------------------------------------
@@ -136,15 +160,24 @@ class Fault:
     kind: ClassVar[str] = ""
     reversible: ClassVar[bool] = False
 
-    def __init__(self, spec: FaultSpec, where: str = ""):
+    def __init__(self, spec: FaultSpec, where: str = "", occurrence: int = 1):
         self.spec = spec
         self.where = where or f"fault {spec.name!r}"
         self.event: FaultEvent | None = None
+        self.occurrence = occurrence  # 1-based, of spec.repeat.count
         self.validate()
+        if spec.duration_s is not None and not self.reversible:
+            raise ConfigError(f"{self.field('duration_s')}: only for a fault that lasts until it is lifted "
+                              f"(this {self.kind} fault is not undone by anything)")
+        if spec.repeat is not None and spec.repeat.count > 1 and self.reversible and spec.duration_s is None:
+            raise ConfigError(f"{self.field('repeat')}: needs duration_s (each occurrence is lifted before the next)")
 
     @property
     def name(self) -> str:
-        return self.spec.name or f"{self.kind}:{self.spec.target}"
+        name = self.spec.name or f"{self.kind}:{self.spec.target}"
+        if self.spec.repeat is not None and self.spec.repeat.count > 1:
+            return f"{name}#{self.occurrence}"
+        return name
 
     def field(self, key: str) -> str:
         """The path of one of this fault's fields, for error messages."""
@@ -172,7 +205,7 @@ class Fault:
         return None
 
     def scheduled_recovery_s(self) -> float | None:
-        return None
+        return self.spec.duration_s
 
 
 # --- the registry --------------------------------------------------------------------------------
@@ -181,6 +214,7 @@ REGISTRY: dict[str, type[Fault]] = {}
 # Built-in kinds, imported on first use: kind -> module (which registers its class).
 BUILTIN_KINDS: dict[str, str] = {
     "process-signal": "ftlocust.fault_kinds.process_signal",
+    "partition": "ftlocust.fault_kinds.partition",
 }
 
 
@@ -209,10 +243,15 @@ def kind_class(kind: str, where: str = "fault") -> type[Fault]:
         raise ConfigError(f"{where}.kind: expected one of {', '.join(kinds())}, got {kind!r}{hint}") from None
 
 
-def build_fault(spec: FaultSpec, where: str = "") -> Fault:
+def build_fault(spec: FaultSpec, where: str = "", occurrence: int = 1) -> Fault:
     where = where or f"fault {spec.name!r}"
-    return kind_class(spec.kind, where)(spec, where)
+    return kind_class(spec.kind, where)(spec, where, occurrence)
 
 
 def build_faults(specs: list[FaultSpec], where: str = "faults") -> list[Fault]:
-    return [build_fault(spec, f"{where}[{i}]") for i, spec in enumerate(specs)]
+    """One `Fault` per occurrence: a spec with `repeat.count` N gives N, in order."""
+    out = []
+    for i, spec in enumerate(specs):
+        count = spec.repeat.count if spec.repeat is not None else 1
+        out += [build_fault(spec, f"{where}[{i}]", occurrence) for occurrence in range(1, count + 1)]
+    return out

@@ -539,6 +539,42 @@ def _p50_sorted(xs: list[float]) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (rank - lo)
 
 
+DEFAULT_STALL_S = 1.0  # a wait this long for a first token or between two tokens is a stall
+
+
+def is_stalled(record: RequestRecord, stall_s: float = DEFAULT_STALL_S) -> bool:
+    """The request waited at least `stall_s` for its first token or between two tokens (a
+    partition or a hung worker holds a stream without cutting it); a non-stream: its latency."""
+    if record.stream:
+        gaps = [g for g in (record.ttft_s, record.itl_max_s) if g is not None]
+        if record.first_token_wall is None:  # nothing came at all: the whole wait is the gap
+            gaps.append(latency_of(record))
+        return any(g >= stall_s for g in gaps)
+    return latency_of(record) >= stall_s
+
+
+def window_stats(records: Iterable[RequestRecord], fault: FaultEvent, stall_s: float = DEFAULT_STALL_S) -> dict | None:
+    """What clients saw while a fault with an end (`recovered_at`: SIGCONT sent, partition
+    lifted, restarted process ready) was in effect, and after it ended:
+
+    - `in_effect_s`: recovered_at - injected_at;
+    - `during`: `stats` of the requests that overlapped [injected_at, recovered_at), plus
+      `stalled` (`is_stalled`);
+    - `after_end`: the same for the requests that started at or after recovered_at.
+
+    None for a fault that was not injected or whose effect did not end (a SIGKILL)."""
+    if not fault.injected or fault.recovered_at is None:
+        return None
+    records = list(records)
+    start, end = fault.injected_at, fault.recovered_at
+    during = [r for r in records if r.start_wall < end and r.end_wall > start]
+    after = [r for r in records if r.start_wall >= end]
+    out = {"in_effect_s": end - start, "stall_s": stall_s}
+    for key, group in (("during", during), ("after_end", after)):
+        out[key] = {**stats(group), "stalled": sum(1 for r in group if is_stalled(r, stall_s))}
+    return out
+
+
 def per_fault(
     records: Iterable[RequestRecord],
     faults: Sequence[FaultEvent],
@@ -551,7 +587,8 @@ def per_fault(
 
     Fault k (time T_k) sees the requests that ended in (T_{k-1}, T_{k+1}] (no bound before the
     first or after the last fault), classified against T_k: before/after run between
-    consecutive faults. A request spanning T_{k+1} belongs to fault k+1 only.
+    consecutive faults. A request spanning T_{k+1} belongs to fault k+1 only. Each entry has
+    `fault`, `phases`, `recovery` and `window` (`window_stats`).
     """
     records = list(records)
     ordered = injected_faults(faults)
@@ -565,6 +602,7 @@ def per_fault(
                 "fault": fault.to_dict(),
                 "phases": phase_stats(mine, fault.injected_at),
                 "recovery": recovery(mine, fault.injected_at, window_s, tolerance, latency_factor),
+                "window": window_stats(mine, fault),
             }
         )
     return out
@@ -590,8 +628,9 @@ def analyse(
       recovery with `server_recovery_s` of that fault (what checks read);
     - `per_fault`: one entry per planned fault, in the scenario's order: `name`, `status`,
       `error`, `fault` (its `to_dict`), `server_recovery_s`, and for an injected fault its own
-      `phases` and `recovery` (see `per_fault`; the recovery carries `server_recovery_s` too);
-      a failed or not-fired fault has `phases` and `recovery` None.
+      `phases` and `recovery` (see `per_fault`; the recovery carries `server_recovery_s` too)
+      and `window` (`window_stats`: while in effect / after its end, None when it did not end);
+      a failed or not-fired fault has `phases`, `recovery` and `window` None.
     """
     records = list(records)
     faults = list(faults)
@@ -616,6 +655,7 @@ def analyse(
                 "server_recovery_s": server_s,
                 "phases": mine["phases"] if mine else None,
                 "recovery": mine["recovery"] if mine else None,
+                "window": mine["window"] if mine else None,
             }
         )
     return {

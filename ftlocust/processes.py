@@ -4,6 +4,10 @@ A PID can be reused by an unrelated process after the one we meant exits. Captur
 command line and the start time (`/proc/<pid>/stat` field 22, clock ticks since boot) when the
 target is resolved, and re-checking both before every signal, makes sure ftlocust only ever
 signals the process the dry run showed.
+
+A process name is used in one place only: to find the children of a process already known by
+identity (`descendants_named`: vLLM's `VLLM::EngineCore` under its worker), which are then
+captured by identity like any other.
 """
 
 from __future__ import annotations
@@ -14,17 +18,26 @@ from dataclasses import dataclass
 from ftlocust.errors import ConfigError
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (fields[0] is field 3, the state;
+    fields[1] the ppid, fields[2] the process group, fields[19] the start time); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
+
+
 def process_identity(pid: int) -> tuple[str, str] | None:
     """(command line, start time in clock ticks) of a live process; None when gone or a zombie."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] == "Z":
+    fields = stat_fields(pid)
+    if fields is None or fields[0] == "Z":
         return None
     return cmdline, fields[19]
 
@@ -87,3 +100,69 @@ class ProcessRef:
 
     def describe(self) -> str:
         return f"pid {self.pid}: {self.cmdline[:100]}"
+
+
+# --- descendants by process name ---------------------------------------------------------------
+
+COMM_LEN = 15  # /proc/<pid>/comm keeps at most 15 characters (TASK_COMM_LEN - 1)
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(ppid, state); None when gone."""
+    fields = stat_fields(pid)
+    return None if fields is None else (int(fields[1]), fields[0])
+
+
+def process_name_matches(pid: int, name: str) -> bool:
+    """Whether the process is named `name` (see `descendants_named`)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            comm = f.read().decode(errors="replace").rstrip("\n")
+    except OSError:
+        return False
+    argv0 = raw.split(b"\0", 1)[0].decode(errors="replace")
+    word = argv0.split(" ", 1)[0]
+    if word == name:
+        return True
+    # comm: a process that renamed itself with prctl(PR_SET_NAME) only, or a name longer than
+    # comm holds. When argv[0] is the longer, untruncated form of a full comm, argv[0] is the
+    # name, and it is not `name` ("VLLM::EngineCore_DP0" is not "VLLM::EngineCore", though both
+    # have comm "VLLM::EngineCor").
+    truncated = len(comm) == COMM_LEN and len(word) > COMM_LEN and word.startswith(comm)
+    return comm == name[:COMM_LEN] and not truncated
+
+
+def descendants_named(pid: int, name: str) -> list[ProcessRef]:
+    """The live descendants of `pid` (children, grandchildren, ...; by the ppid of
+    /proc/<n>/stat) named `name`, by identity, in pid order. Reads /proc only, starts nothing.
+
+    A process is named `name` when the first word of its argv[0] (the command line up to the
+    first NUL or space: what setproctitle writes, what `pgrep -f '^name'` matches) is exactly
+    `name`; or when its /proc/<n>/comm is `name[:15]` (the kernel cuts comm to 15 characters,
+    so `pgrep -x VLLM::EngineCore` finds nothing) and its argv[0] is not a longer name of which
+    that comm is the cut (`VLLM::EngineCore_DP0`). `pid` itself is never included; zombies
+    are not.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _stat(int(entry))
+        if st is not None and st[1] != "Z":
+            children.setdefault(st[0], []).append(int(entry))
+    found: list[ProcessRef] = []
+    todo = list(children.get(pid, ()))
+    seen = {pid}
+    while todo:
+        child = todo.pop()
+        if child in seen:
+            continue
+        seen.add(child)
+        todo.extend(children.get(child, ()))
+        if process_name_matches(child, name):
+            identity = process_identity(child)
+            if identity is not None:  # gone (or a zombie) since the scan
+                found.append(ProcessRef(child, *identity))
+    return sorted(found, key=lambda ref: ref.pid)

@@ -164,11 +164,34 @@ def fault_rows(summary: Mapping) -> list[dict]:
     return rows
 
 
+WINDOW_COLUMNS = ("Fault", "In Effect", "During OK", "During Failed", "During Stalled", "During Cut",
+                  "After OK", "After Failed", "After Stalled")
+
+
+def window_table(runs: Iterable[Mapping]) -> str:
+    """For each fault whose effect ended (a lifted partition, a SIGCONT, a restart): requests
+    while it was in effect and after its end (`phases.window_stats`); "" when there is none."""
+    rows = []
+    for run in runs:
+        for entry in run.get("per_fault") or []:
+            w = entry.get("window")
+            if not w:
+                continue
+            d, a = w["during"], w["after_end"]
+            rows.append([entry.get("name"), float(w["in_effect_s"]), d["success"], d["failed"], d["stalled"],
+                         d["cut_streams"], a["success"], a["failed"], a["stalled"]])
+    return format_table(WINDOW_COLUMNS, rows) if rows else ""
+
+
 def results_table(runs: Iterable[Mapping], extended: bool = True) -> str:
     """The seed's results table: for each run (`build_summary` dict) one row per planned fault
-    (`fault_rows`); a `row_from` dict is one row."""
+    (`fault_rows`); a `row_from` dict is one row. Faults with an end get the `window_table`
+    below it."""
+    runs = list(runs)
     headers = SEED_COLUMNS + (EXTENDED_COLUMNS if extended else ())
-    return format_table(headers, [table_row(row, extended) for run in runs for row in fault_rows(run)])
+    table = format_table(headers, [table_row(row, extended) for run in runs for row in fault_rows(run)])
+    windows = window_table(runs)
+    return table + ("\n" + windows if windows else "")
 
 
 # --- summary and artifacts ----------------------------------------------------------------------
@@ -206,8 +229,8 @@ def build_summary(
       time_to_steady_state_s, server_recovery_s always present, None when unknown; plus the
       baselines and parameters used);
     - per_fault: one entry per planned fault, scenario order (`phases.analyse`): name, status,
-      error, fault, server_recovery_s, and phases / recovery of that fault (None when it did
-      not happen);
+      error, fault, server_recovery_s, and phases / recovery / window of that fault (None when
+      it did not happen; window also None when its effect did not end);
     - startup_s; checks (name, passed, detail: built-in verdicts first); passed (every verdict
       passed; True with none); extra (`extra`, as given).
     """

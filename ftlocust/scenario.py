@@ -4,7 +4,8 @@ Loaded from YAML (`configs/scenarios/*.yaml`) or built in a locustfile; every fi
 here, values as well as keys, so a typo is a one-line `ConfigError` naming the file and the
 field, before any process starts or load runs (the shape is `ftlocust.validation`'s:
 `x.yaml: probe.max_tokens: expected an integer >= 1, got 'many'`). A fault's own fields (all but
-kind, target, name, trigger) go to `FaultSpec.params` and are checked by its kind; `checks` are
+kind, target, name, trigger, duration_s, repeat) go to `FaultSpec.params` and are checked by its
+kind; `checks` are
 built (and checked) by `ftlocust.checks.build_checks` once plugins have registered theirs.
 
 The pure steps of a run's set-up that combine a scenario with the flags live here too:
@@ -29,7 +30,8 @@ from ftlocust.validation import at
 SCENARIO_FIELDS = ("name", "target", "faults", "checks", "stop", "probe", "load", "plugins")
 TARGET_FIELDS = ("kind", "workers", "migration_limit", "options", "metrics", "logs", "pids")
 EXTERNAL_ONLY = ("metrics", "logs", "pids")
-FAULT_FIELDS = ("kind", "target", "trigger", "name")  # the rest are the kind's own (FaultSpec.params)
+FAULT_FIELDS = ("kind", "target", "trigger", "name", "duration_s", "repeat")  # the rest: the kind's own (params)
+REPEAT_FIELDS = ("every_s", "count")
 TRIGGERS = ("after_requests", "after_seconds", "mid_stream_chunks")
 STOP_FIELDS = ("recovery_window_s", "health_poll_s")
 PROBE_FIELDS = ("max_tokens", "endpoint", "start_after_s")
@@ -83,6 +85,17 @@ class FaultSpec:
     params: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     source: str = field(default="", compare=False)
+    duration_s: float | None = None  # a reversible fault is lifted this long after it is in effect
+    repeat: "RepeatSpec | None" = None  # flapping: the fault again every_s after each occurrence
+
+
+@dataclass
+class RepeatSpec:
+    """`repeat: {every_s, count}`: `count` occurrences in all, the first at the trigger, each next
+    one `every_s` after the previous one fired. Each occurrence is its own fault on the timeline."""
+
+    every_s: float
+    count: int
 
 
 @dataclass
@@ -194,6 +207,18 @@ def fault_from_dict(data: Any, where: str) -> FaultSpec:
     kind = v.string(d["kind"], at(where, "kind"))
     target = v.string(d["target"], at(where, "target"))
     name = d.get("name")
+    duration = d.get("duration_s")
+    if duration is not None:
+        duration = float(v.number(duration, at(where, "duration_s"), above=0))
+    repeat = None
+    if d.get("repeat") is not None:
+        r = v.mapping(d["repeat"], at(where, "repeat"), REPEAT_FIELDS, required=REPEAT_FIELDS)
+        repeat = RepeatSpec(every_s=float(v.number(r["every_s"], at(at(where, "repeat"), "every_s"), above=0)),
+                            count=int(v.number(r["count"], at(at(where, "repeat"), "count"), integer=True, minimum=1)))
+        if duration is not None and duration >= repeat.every_s:
+            raise v.error(at(at(where, "repeat"), "every_s"),
+                          f"more than duration_s {v.fmt(duration)} (each occurrence is lifted before the next)",
+                          r["every_s"])
     return FaultSpec(
         kind=kind,
         target=target,
@@ -201,6 +226,8 @@ def fault_from_dict(data: Any, where: str) -> FaultSpec:
         params={k: value for k, value in d.items() if k not in FAULT_FIELDS},
         name=f"{kind}:{target}" if name is None else v.string(name, at(where, "name")),
         source=where,
+        duration_s=duration,
+        repeat=repeat,
     )
 
 
@@ -377,6 +404,12 @@ def validate_triggers(scenario: Scenario, *, total_budget: int | None, run_time_
                                                    f"(users × --ft-requests-per-client)", t.after_requests)
         if t.after_seconds is not None and run_time_s is not None and t.after_seconds >= run_time_s:
             raise v.error(where("after_seconds"), f"less than the run time {v.fmt(run_time_s)} s (-t)", t.after_seconds)
+        if fault.repeat is not None and run_time_s is not None:
+            last = (t.after_seconds or 0.0) + (fault.repeat.count - 1) * fault.repeat.every_s
+            if last >= run_time_s:
+                raise v.error(at(at(base, "repeat"), "count"),
+                              f"occurrences that fit the run time {v.fmt(run_time_s)} s (-t): the last would come "
+                              f"{v.fmt(last)} s after load start", fault.repeat.count)
         if t.mid_stream_chunks is not None:
             limit = DEFAULT_PROBE_MAX_TOKENS if max_tokens is None else max_tokens
             if t.mid_stream_chunks > limit:

@@ -127,6 +127,7 @@ class DynamoDeployment(GroupProcesses):
     """
 
     frontend_role = FRONTEND_ROLE
+    network_lab = None  # on loopback (Dynamo in namespaces: not yet)
     broker_role = BROKER_ROLE
     events_path = None  # ground-truth events exist only for the reference deployment
     started_here = True

@@ -3,6 +3,8 @@
 Generic on purpose (any argv, env, health URL): the reference deployment and a real local
 Dynamo both use it. Each role has its own log file (run_dir/logs/<role>.log, stdout and stderr)
 and PID file (run_dir/pids/<role>.pid). Only PIDs this group started are ever signalled.
+When this process has a guardian (`ftlocust.guardian.active()`), each process is held by it from
+its start to its stop: a driver that dies, SIGKILL included, leaves no process of the group behind.
 
 Works unchanged under gevent monkey-patching (Locust): no threads, only subprocess.Popen,
 blocking HTTP on sockets and polling with time.sleep, all of which gevent makes cooperative.
@@ -85,6 +87,7 @@ class ProcessGroup:
         self.ready_at: dict[str, float] = {}
         self._procs: dict[str, subprocess.Popen] = {}
         self._order: list[str] = []  # start order; stop(None) walks it backwards
+        self._guardian_holds: dict[str, tuple] = {}  # role -> (guardian, hold id)
         # A driver that exits without stop() must not leave processes behind (finalize runs at
         # interpreter exit too).
         self._finalizer = weakref.finalize(self, _kill_all, self._procs)
@@ -123,6 +126,7 @@ class ProcessGroup:
                 raise ConfigError(f"process {spec.role}: cannot start {spec.argv[0]!r}: {e.strerror or e}") from None
         self.specs[spec.role] = spec
         self._procs[spec.role] = proc
+        self._hold(spec.role, proc.pid)
         self.started_at[spec.role] = time.time()
         self.ready_at.pop(spec.role, None)
         if spec.role in self._order:
@@ -221,10 +225,34 @@ class ProcessGroup:
                     raise ConfigError(f"process {r}: not started by this group")
                 continue
             _terminate(self._procs[r], grace_s)
+            self._release(r)
             try:
                 os.unlink(self.pid_path(r))
             except FileNotFoundError:
                 pass
+
+    def _hold(self, role: str, pid: int) -> None:
+        """If the driver dies, the guardian ends this process (and its process group)."""
+        from ftlocust import guardian
+
+        self._release(role)
+        g = guardian.active()
+        if g is None:
+            return
+        try:
+            action = guardian.process_action("stop-process", pid, label=role)
+        except ProcessLookupError:
+            return  # it exited at once: nothing to end (wait_ready says why)
+        try:
+            self._guardian_holds[role] = (g, g.hold(action))
+        except guardian.GuardianError as e:
+            _terminate(self._procs[role], 0)
+            raise ConfigError(f"process {role}: not started, nothing would end it if ftlocust died: {e}") from None
+
+    def _release(self, role: str) -> None:
+        held = self._guardian_holds.pop(role, None)
+        if held is not None:
+            held[0].release(held[1])
 
     def _spec(self, role: str) -> ProcessSpec:
         try:

@@ -24,6 +24,7 @@ def registered():
     phases.TIMELINE.reset()
     yield
     REGISTRY.pop(RecordingFault.kind, None)
+    REGISTRY.pop("test-lasting", None)  # LastingFault, registered by the tests that use it
 
 
 def _record(i, start, end, outcome=OK):
@@ -183,3 +184,95 @@ def test_rollback_runs_newest_first_and_a_failed_rollback_fails_the_run(tmp_path
     summary = json.loads((tmp_path / "summary.json").read_text())
     verdict = next(c for c in summary["checks"] if c["name"] == "every rollback succeeded")
     assert not verdict["passed"] and "SIGCONT refused" in verdict["detail"]
+
+
+class LastingFault(RecordingFault):
+    """Reversible: hands a (harmless) rollback to the guardian before its effect."""
+
+    kind = "test-lasting"
+    reversible = True
+
+    def inject(self, ctx):
+        ctx.guard(self.name, {"kind": "signal", "pid": 1, "start_ticks": "-1", "signal": "SIGCONT", "label": "none"})
+        return super().inject(ctx)
+
+
+def _lasting_drill(tmp_path, duration_s=0.1, repeat=None, **options):
+    REGISTRY[LastingFault.kind] = LastingFault
+    LastingFault.injected = LastingFault.recovered = 0
+    spec = FaultSpec(kind=LastingFault.kind, target="x", trigger=TriggerSpec(after_requests=1), name="flap",
+                     duration_s=duration_s, repeat=repeat)
+    scenario = Scenario(name="t", target=TargetSpec(kind="external"), faults=[spec])
+    drill = Drill(scenario, DrillOptions(artifacts_dir=str(tmp_path), host="http://127.0.0.1:9", **options))
+    drill.setup()
+    return drill
+
+
+def test_a_repeated_fault_fires_every_every_s_each_occurrence_lifted_after_duration_s(tmp_path):
+    from ftlocust.guardian import read_lines
+    from ftlocust.scenario import RepeatSpec
+
+    drill = _lasting_drill(tmp_path, duration_s=0.1, repeat=RepeatSpec(every_s=0.3, count=3))
+    assert [f.name for f in drill.faults] == ["flap#1", "flap#2", "flap#3"]
+    assert drill.guardian is not None  # a reversible fault: started before load
+    t = time.time()
+    drill.on_record(_record(1, t, t + 0.1))
+    for i in range(2, 12):  # later records never fire the next occurrences: time does
+        drill.on_record(_record(i, t, t + 0.1))
+    deadline = time.time() + 5
+    while LastingFault.recovered < 3 and time.time() < deadline:
+        gevent.sleep(0.02)
+    assert LastingFault.injected == 3 and LastingFault.recovered == 3
+    events = [f.event for f in drill.faults]
+    gaps = [b.injected_at - a.injected_at for a, b in zip(events, events[1:])]
+    assert all(0.25 < g < 1.0 for g in gaps), gaps
+    assert all(0.05 < e.recovered_at - e.injected_at < 0.6 for e in events)
+    assert [r["reason"] for r in drill.rollbacks] == ["scheduled"] * 3
+    assert len(phases.TIMELINE.faults) == 3
+    assert drill.ctx.holds == {}  # every hold released once its rollback ran
+    drill.finish()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [e["name"] for e in summary["per_fault"]] == ["flap#1", "flap#2", "flap#3"]
+    assert all(e["window"] is not None for e in summary["per_fault"])
+    drill.guardian.proc.wait(timeout=10)  # closed with nothing held: it left without acting
+    journal = read_lines(str(tmp_path / "guardian.jsonl"))
+    assert journal[-1]["event"] == "end" and journal[-1]["reason"] == "closed"
+
+
+@pytest.mark.parametrize("duration_s, repeat, kind, message", [
+    (2.0, None, RecordingFault.kind, "duration_s: only for a fault that lasts until it is lifted"),
+    (None, (1.0, 2), "test-lasting", "repeat: needs duration_s"),
+])
+def test_duration_and_repeat_are_refused_where_they_mean_nothing(tmp_path, duration_s, repeat, kind, message):
+    from ftlocust.faults import build_faults
+    from ftlocust.scenario import RepeatSpec
+
+    REGISTRY[LastingFault.kind] = LastingFault
+    spec = FaultSpec(kind=kind, target="x", trigger=TriggerSpec(after_requests=1), name="f", duration_s=duration_s,
+                     repeat=RepeatSpec(*repeat) if repeat else None)
+    with pytest.raises(ConfigError, match=message):
+        build_faults([spec])
+
+
+@pytest.mark.parametrize("fault, run_time, message", [
+    ("{duration_s: 5, repeat: {every_s: 5, count: 2}}", None,
+     r"repeat.every_s: expected more than duration_s 5 \(each occurrence is lifted before the next\), got 5"),
+    ("{duration_s: 0}", None, "duration_s: expected a number > 0, got 0"),
+    ("{duration_s: 1, repeat: {every_s: 10, count: 0}}", None, "repeat.count: expected an integer >= 1, got 0"),
+    ("{duration_s: 1, repeat: {every_s: 10}}", None, "repeat"),
+    ("{duration_s: 1, repeat: {every_s: 10, count: 3}}", 20, "repeat.count: expected occurrences that fit the run time"),
+])
+def test_repeat_and_duration_bad_input_is_one_line(tmp_path, fault, run_time, message):
+    import yaml
+
+    from ftlocust.scenario import Scenario as S
+    from ftlocust.scenario import scenario_from_dict, validate_triggers
+
+    extra = yaml.safe_load(fault)
+    data = {"name": "t", "faults": [{"kind": "process-signal", "target": "worker-1", "signal": "SIGSTOP",
+                                     "trigger": {"after_seconds": 1}, **extra}]}
+    with pytest.raises(ConfigError, match=message) as e:
+        s = scenario_from_dict(data, "x.yaml")
+        assert isinstance(s, S)
+        validate_triggers(s, total_budget=None, run_time_s=run_time)
+    assert "\n" not in str(e.value)

@@ -595,3 +595,42 @@ def test_stats_never_produce_nan():
     for group in ps.values():
         for v in group.values():
             assert not (isinstance(v, float) and math.isnan(v))
+
+
+# --- the window of a fault with an end (a lifted partition, a SIGCONT) ---------------------------
+
+
+def test_window_splits_requests_at_the_end_of_the_effect_and_counts_stalls():
+    lifted = FaultEvent("cut", "partition", "frontend|worker-1", T_F, recovered_at=T_F + 5)
+    records = [
+        rec(90.0, 92.0, ttft_s=0.1, itl_max_s=0.05, first_token_wall=90.1),  # before: not in the window
+        rec(98.0, 107.0, ttft_s=0.1, itl_max_s=5.5, first_token_wall=98.1),  # held through the cut: stalled, ok
+        rec(101.0, 103.0, TIMEOUT),  # nothing came: the whole 2 s is the stall
+        rec(104.9, 105.5, ttft_s=0.1, itl_max_s=0.05, first_token_wall=105.0),  # started inside, fine
+        rec(105.0, 106.0, ttft_s=0.1, itl_max_s=0.05, first_token_wall=105.1),  # after the end
+        rec(106.0, 106.5, REJECTED),
+    ]
+    w = phases.window_stats(records, lifted)
+    assert w["in_effect_s"] == 5
+    assert (w["during"]["count"], w["during"]["success"], w["during"]["failed"], w["during"]["stalled"]) == (3, 2, 1, 2)
+    assert (w["after_end"]["count"], w["after_end"]["success"], w["after_end"]["failed"], w["after_end"]["stalled"]) == (
+        2, 1, 1, 0)
+    # a fault whose effect did not end (a SIGKILL), or that did not happen, has no window
+    assert phases.window_stats(records, FaultEvent("kill", "process-signal", "worker-1", T_F)) is None
+    assert phases.window_stats(records, FaultEvent("x", "k", "t", None, status="not_fired", error="e")) is None
+    (entry,) = analyse(records, [lifted])["per_fault"]
+    assert entry["window"]["during"]["stalled"] == 2
+
+
+def test_window_table_lists_only_faults_with_an_end():
+    from ftlocust.report import build_summary, results_table, window_table
+
+    faults = [FaultEvent("kill", "process-signal", "worker-1", T_F),
+              FaultEvent("cut", "partition", "frontend|worker-1", T_F + 10, recovered_at=T_F + 12)]
+    records = [rec(T_F + 10.5, T_F + 11.5, TIMEOUT), rec(T_F + 13, T_F + 14, ttft_s=0.1, first_token_wall=T_F + 13.1)]
+    s = build_summary("x", analyse(records, faults), 1.0, [])
+    table = window_table([s]).splitlines()
+    assert table[0].split()[:3] == ["Fault", "In", "Effect"] and len(table) == 3
+    assert table[2].split() == ["cut", "2.00", "0", "1", "1", "0", "1", "0", "0"]
+    assert results_table([s]).endswith("\n".join(table) + "\n")
+    assert window_table([build_summary("y", analyse(records, faults[:1]), 1.0, [])]) == ""

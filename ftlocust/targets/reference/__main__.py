@@ -14,7 +14,6 @@ import time
 
 from ftlocust.errors import ConfigError
 from ftlocust.targets.reference.deployment import ReferenceDeployment
-from ftlocust.targets.reference.events import EventLog
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout-s", type=float, default=10.0, help="worker drain on SIGTERM")
     p.add_argument("--frontend-drain-timeout-s", type=float, default=5.0)
     p.add_argument("--inhibit-s", type=float, default=5.0, help="skip a worker that refused a connection")
+    p.add_argument("--engine-core", default=None, metavar="NAME",
+                   help="each worker runs a child named NAME (e.g. VLLM::EngineCore) and exits 1 when it dies")
     p.add_argument("--startup-timeout-s", type=float, default=60.0)
     p.add_argument("--log-level", default="INFO")
     return p
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             busy_threshold=args.busy_threshold, rejection_status=args.rejection_status,
             context_length=args.context_length, lease_ttl_s=args.lease_ttl_s,
             drain_timeout_s=args.drain_timeout_s, frontend_drain_timeout_s=args.frontend_drain_timeout_s,
-            inhibit_s=args.inhibit_s, startup_timeout_s=args.startup_timeout_s, log_level=args.log_level,
+            inhibit_s=args.inhibit_s, engine_core=args.engine_core, startup_timeout_s=args.startup_timeout_s,
+            log_level=args.log_level,
         )
         dep.start()
     except ConfigError as e:
@@ -76,21 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {role:<10} pid {dep.group.pid(role):<8} log {dep.log_path(role)}", flush=True)
     print(f"  events     {dep.events_path}", flush=True)
     print("Ctrl-C (SIGINT) or SIGTERM stops every process above.", flush=True)
-    watch = EventLog(dep.events_path, "launcher")
-    reported: set[tuple[str, int]] = set()
     try:
         while not stop_requested:
             # Ground truth for drills: a process that exits on its own (or is killed) is recorded.
             for role in dep.roles():
-                pid = dep.group.pid(role)
-                if pid is not None and not dep.group.alive(role) and (role, pid) not in reported:
-                    reported.add((role, pid))
-                    code = dep.group.returncode(role)
-                    watch.write("process_exited", role=role, pid=pid, returncode=code)
-                    print(f"  {role} (pid {pid}) exited with code {code}", flush=True)
+                code = dep.record_exit(role)
+                if code is not None:
+                    print(f"  {role} (pid {dep.group.pid(role)}) exited with code {code}", flush=True)
             time.sleep(0.2)
     finally:
-        watch.close()
         print("stopping ...", flush=True)
         dep.stop()
     print("stopped", flush=True)

@@ -4,6 +4,12 @@ A frontend process and N worker processes (or prefill + decode workers) on 127.0
 ProcessGroup under run_dir: logs/<role>.log, pids/<role>.pid, addr/<role>.json (where each
 process listens: only the frontend port may be fixed, the rest are OS-assigned) and events.jsonl
 (the ground-truth event log).
+
+With `network="netns"` each role runs in its own network namespace of a `ftlocust.netns`
+lab made at start() and deleted at stop() (the guardian deletes it if the driver dies): every
+process listens on its namespace's address, all traffic between roles crosses the lab's router
+namespace, where `partition` faults cut it. The driver (Locust) stays in the root namespace and
+reaches the frontend through the lab's one route.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from ftlocust.targets.reference import client
 from ftlocust.targets.reference.events import EventLog
 from ftlocust.targets.reference.wire import AGGREGATED, DECODE, PREFILL
 
+NETWORKS = ("loopback", "netns")
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ftlocust.__file__)))
 
 
@@ -59,6 +66,8 @@ class ReferenceDeployment(GroupProcesses):
         retry_after_s: int = 1,
         rejection_status: int = 503,
         prefill_workers: int = 1,
+        engine_core: str | None = None,
+        network: str = "loopback",
         startup_timeout_s: float = 60.0,
         stop_grace_s: float = 15.0,
         log_level: str = "INFO",
@@ -81,6 +90,10 @@ class ReferenceDeployment(GroupProcesses):
         _check(isinstance(lease_ttl_s, (int, float)) and lease_ttl_s > 0, "lease_ttl_s", lease_ttl_s, "a number > 0")
         _check(isinstance(prefill_workers, int) and prefill_workers >= 0, "prefill_workers", prefill_workers,
                "an integer >= 0")
+        _check(engine_core is None or (isinstance(engine_core, str) and engine_core != ""
+                                       and not any(c.isspace() for c in engine_core)),
+               "engine_core", engine_core, "null or a process name without whitespace (e.g. VLLM::EngineCore)")
+        _check(network in NETWORKS, "network", network, " or ".join(NETWORKS))
         self.run_dir = os.path.abspath(os.fspath(run_dir))
         self.workers = workers
         self.port = port
@@ -100,6 +113,7 @@ class ReferenceDeployment(GroupProcesses):
         self.retry_after_s = int(retry_after_s)
         self.rejection_status = rejection_status
         self.prefill_workers = prefill_workers if disagg else 0
+        self.engine_core = engine_core
         self.startup_timeout_s = float(startup_timeout_s)
         self.stop_grace_s = float(stop_grace_s)
         self.log_level = log_level
@@ -111,6 +125,14 @@ class ReferenceDeployment(GroupProcesses):
         self.startup_s: float | None = None
         self._events: EventLog | None = None
         self._started = False
+        self._exits_recorded: set[int] = set()  # pids whose process_exited is in events.jsonl
+        self.network = network
+        self.network_lab = None  # a ftlocust.netns.NetworkLab with network="netns" (made at start)
+        self._lab_hold = None
+        if network == "netns":
+            from ftlocust.netns import NetworkLab
+
+            self.network_lab = NetworkLab(self.roles())
 
     # -- roles and addresses ------------------------------------------------------------------
 
@@ -184,7 +206,7 @@ class ReferenceDeployment(GroupProcesses):
     def _frontend_spec(self, port: int) -> ProcessSpec:
         argv = [
             self.python, "-m", "ftlocust.targets.reference.frontend",
-            "--host", "127.0.0.1", "--port", str(port),
+            "--host", self._host(self.frontend_role), "--port", str(port),
             "--addr-file", self._addr_path(self.frontend_role),
             "--events", self.events_path,
             "--migration-limit", str(self.migration_limit),
@@ -198,14 +220,15 @@ class ReferenceDeployment(GroupProcesses):
             "--parent-pid", str(os.getpid()),
             "--log-level", self.log_level,
         ]
-        return ProcessSpec(self.frontend_role, argv, env=self._env(), health_url=self._health_callable(self.frontend_role),
-                           startup_timeout_s=self.startup_timeout_s)
+        return ProcessSpec(self.frontend_role, self._prefix(self.frontend_role) + argv, env=self._env(),
+                           health_url=self._health_callable(self.frontend_role), startup_timeout_s=self.startup_timeout_s)
 
     def _worker_spec(self, role: str) -> ProcessSpec:
         kind = AGGREGATED if not self.disagg else (PREFILL if role.startswith("prefill-") else DECODE)
         argv = [
             self.python, "-m", "ftlocust.targets.reference.worker",
             "--name", role, "--kind", kind, "--model", self.model,
+            "--host", self._host(role),
             "--frontend-url", self.base_url,
             "--addr-file", self._addr_path(role),
             "--token-delay-s", repr(self.token_delay_s),
@@ -217,8 +240,47 @@ class ReferenceDeployment(GroupProcesses):
             "--parent-pid", str(os.getpid()),
             "--log-level", self.log_level,
         ]
-        return ProcessSpec(role, argv, env=self._env(), health_url=self._health_callable(role),
+        if self.engine_core:
+            argv += ["--engine-core", self.engine_core]
+        return ProcessSpec(role, self._prefix(role) + argv, env=self._env(), health_url=self._health_callable(role),
                            startup_timeout_s=self.startup_timeout_s)
+
+    def _host(self, role: str) -> str:
+        return self.network_lab.address(role) if self.network_lab is not None else "127.0.0.1"
+
+    def _prefix(self, role: str) -> list[str]:
+        """`ip netns exec NS` in netns mode: it execs, so the PID is still the program's."""
+        return self.network_lab.exec_prefix(role) if self.network_lab is not None else []
+
+    def registry_endpoint(self) -> tuple[str, int | None]:
+        """Where workers register (role, port): their leases go to the frontend's port."""
+        port = int(self.base_url.rsplit(":", 1)[1]) if self.base_url else (self.port or None)
+        return self.frontend_role, port
+
+    def _make_network(self) -> None:
+        from ftlocust import guardian
+        from ftlocust.netns import NetworkLab
+
+        lab = self.network_lab
+        NetworkLab.preflight()
+        g = guardian.active()
+        if g is not None:  # before the namespaces exist: nothing outlives a killed driver
+            self._lab_hold = (g, [g.hold(action) for action in lab.guardian_actions()])
+        lab.create()
+        self._event("network_created", lab=lab.lab_id, subnet=str(lab.subnet), namespaces=lab.namespace_names,
+                    addresses={r: lab.address(r) for r in lab.roles})
+
+    def _remove_network(self) -> None:
+        lab = self.network_lab
+        if lab is None:
+            return
+        lab.destroy()
+        if self._lab_hold is not None:
+            g, ids = self._lab_hold
+            for hold_id in ids:
+                g.release(hold_id)
+            self._lab_hold = None
+        self._event("network_removed", lab=lab.lab_id)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -244,6 +306,8 @@ class ReferenceDeployment(GroupProcesses):
         self._events = EventLog(self.events_path, "deployment")
         self._started = True
         try:
+            if self.network_lab is not None:
+                self._make_network()
             self._start_role(self._frontend_spec(self.port))
             self.base_url = self._read_addr(self.frontend_role)["url"]
             # Restarts must come back on the same port: the workers know this URL.
@@ -326,6 +390,7 @@ class ReferenceDeployment(GroupProcesses):
         """
         self._known_role(role)
         old = self.group.pid(role)
+        self.record_exit(role)
         self.group.restart(role, grace_s=self.stop_grace_s, wait=False)
         pid = self.group.pid(role)
         self._event("process_restarted", role=role, pid=pid, previous_pid=old)
@@ -342,14 +407,31 @@ class ReferenceDeployment(GroupProcesses):
         for role in reversed(self.group.roles()):
             pid = self.group.pid(role)
             was_alive = self.group.alive(role)
+            if not was_alive:
+                self.record_exit(role)
             self.group.stop(role, grace_s=self.stop_grace_s)
             if was_alive:
                 self._event("process_stopped", role=role, pid=pid, returncode=self.group.returncode(role))
-        self._event("deployment_stopped")
+        try:
+            self._remove_network()
+        finally:
+            self._event("deployment_stopped")
         if self._events is not None:
             self._events.close()
             self._events = None
         self._started = False
+
+    def record_exit(self, role: str) -> int | None:
+        """If role's process exited on its own or was killed (not stopped by `stop`/`restart`),
+        write `process_exited` with its exit code to events.jsonl, once per pid, and return the
+        code; else None. `restart` and `stop` call it; the launcher polls it."""
+        pid = self.group.pid(role)
+        if pid is None or pid in self._exits_recorded or self.group.alive(role):
+            return None
+        self._exits_recorded.add(pid)
+        code = self.group.returncode(role)
+        self._event("process_exited", role=role, pid=pid, returncode=code)
+        return code
 
     def pids(self) -> dict[str, int | None]:
         return {role: self.group.pid(role) for role in self.group.roles()}

@@ -1,4 +1,5 @@
-"""Engine worker of the reference deployment: one process, one aiohttp server on 127.0.0.1.
+"""Engine worker of the reference deployment: one process, one aiohttp server on 127.0.0.1 (or
+the address `--host` gives it in its own network namespace).
 
 It "generates" deterministic tokens (tokens.py) with a prefill time that scales with the prompt
 length and a fixed inter-token delay, admits requests within a KV capacity (in tokens), holds a
@@ -6,6 +7,13 @@ lease with the frontend, and behaves like a Dynamo worker where drills look: the
 (`request received request_id=<uuid>`, `request completed`, `request cancellation received`),
 the same `dynamo_component_*` metrics, SIGTERM = deregister at once, drain in-flight requests up
 to a timeout, then end them with an in-band error and exit.
+
+With `--engine-core NAME` it also runs a child process named NAME (engine_core.py), like vLLM's
+`VLLM::EngineCore` under `dynamo.vllm`, and watches it: when the child dies, the worker does what
+Dynamo's vLLM worker did (/work/shared/reference/vllm-cpu.md): logs `EngineDeadError` and
+`Initiating Dynamo Runtime shutdown`, deregisters at once, cuts its in-flight streams without an
+end line (the frontend sees the stream break and migrates it, as for a SIGKILLed worker) and
+exits with code 1.
 
 Run: python -m ftlocust.targets.reference.worker --name worker-1 --frontend-url URL ...
 """
@@ -19,6 +27,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 
@@ -40,18 +49,23 @@ MAIN = logs.get("main.graceful_shutdown")
 STARTUP = logs.get("main")
 DISCOVERY = logs.get("dynamo_runtime::discovery")
 PREFILL_LOG = logs.get("dynamo_llm::disagg")
+ENGINE = logs.get("dynamo.vllm.engine_monitor")
+
+ENGINE_CORE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_core.py")
 
 
 class _Req:
     """One request in flight on this worker."""
 
-    __slots__ = ("request_id", "task", "kv", "drain_abort")
+    __slots__ = ("request_id", "task", "kv", "drain_abort", "transport", "engine_dead")
 
-    def __init__(self, request_id: str, task: asyncio.Task | None):
+    def __init__(self, request_id: str, task: asyncio.Task | None, transport=None):
         self.request_id = request_id
         self.task = task
         self.kv = 0  # KV tokens this request holds
         self.drain_abort = False  # set when the drain timed out: end with an error, not cancel
+        self.transport = transport  # its connection, cut when the engine core dies
+        self.engine_dead = False  # set when the engine core died: the stream is cut, no end line
 
 
 class Worker:
@@ -72,6 +86,12 @@ class Worker:
         self._idle.set()
         self._lease_task: asyncio.Task | None = None
         self.session: ClientSession | None = None
+        self.engine_core: subprocess.Popen | None = None
+        self.engine_dead = False
+        self._engine_fd: int | None = None  # pidfd of the engine core, watched by the loop
+        self._engine_poll: asyncio.Task | None = None  # fallback watcher without pidfd
+        self._no_more_tokens = asyncio.Event()  # never set: what a stream waits on once the engine died
+        self.exit_code = 0
         self.started = time.monotonic()
         self._init_metrics()
 
@@ -173,8 +193,8 @@ class Worker:
 
     # -- request plane ----------------------------------------------------------------------
 
-    def _begin(self, request_id: str) -> _Req:
-        req = _Req(request_id, asyncio.current_task())
+    def _begin(self, request_id: str, transport=None) -> _Req:
+        req = _Req(request_id, asyncio.current_task(), transport)
         self.active[request_id] = req
         self._idle.clear()
         self.m_requests.inc()
@@ -189,6 +209,9 @@ class Worker:
         self.active.pop(req.request_id, None)
         if not self.active:
             self._idle.set()
+        if req.engine_dead:  # cut with the engine: not completed, not cancelled by the caller
+            self.m_errors.labels(*self._labels, "engine_dead").inc()
+            return
         self.m_duration.observe(time.monotonic() - t0)
         PUSH.info(f"request completed request_id={req.request_id} instance_id={self.instance_id}")
 
@@ -212,7 +235,7 @@ class Worker:
         count = int(body["max_tokens"])
         prompt_tokens = int(body["prompt_tokens"])
         t0 = time.monotonic()
-        req = self._begin(request_id)
+        req = self._begin(request_id, request.transport)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         resp.enable_chunked_encoding()
         try:
@@ -232,6 +255,8 @@ class Worker:
                         await asyncio.sleep(wait)
                     else:
                         next_t -= wait  # running late: do not burst to catch up
+                if self.engine_dead:  # no engine, no tokens: wait for the connection to be cut
+                    await self._no_more_tokens.wait()
                 await write(lines[token_id(seed, i)])
                 req.kv += 1
                 self.kv_used += 1
@@ -240,6 +265,9 @@ class Worker:
             await write(wire.finish_line(prompt_tokens))
             await resp.write_eof()
         except asyncio.CancelledError:
+            if req.engine_dead:
+                self._end(req, t0)
+                raise
             if not req.drain_abort:
                 self._cancelled(req, "kill")
                 self._end(req, t0)
@@ -252,6 +280,9 @@ class Worker:
             except (ConnectionError, RuntimeError):
                 pass
         except (ConnectionError, RuntimeError):
+            if req.engine_dead:
+                self._end(req, t0)
+                return resp
             # The caller went away between two tokens and the cancellation was not yet delivered.
             self._cancelled(req, "stream_drop")
             self._end(req, t0)
@@ -292,11 +323,16 @@ class Worker:
         request_id = str(body["request_id"])
         prompt_tokens = int(body["prompt_tokens"])
         t0 = time.monotonic()
-        req = self._begin(request_id)
+        req = self._begin(request_id, request.transport)
         try:
             await self._admit(req, prompt_tokens)
             await asyncio.sleep(self._prefill_seconds(prompt_tokens))
+            if self.engine_dead:
+                await self._no_more_tokens.wait()
         except asyncio.CancelledError:
+            if req.engine_dead:
+                self._end(req, t0)
+                raise
             if not req.drain_abort:
                 self._cancelled(req, "kill")
                 self._end(req, t0)
@@ -365,6 +401,131 @@ class Worker:
         except (ClientError, OSError, asyncio.TimeoutError) as e:
             DISCOVERY.warning(f"Failed to unregister endpoint from discovery error={type(e).__name__}")
 
+    # -- engine core (--engine-core NAME) ---------------------------------------------------
+
+    async def start_engine_core(self, name: str, timeout_s: float = 10.0) -> bool:
+        """Start the engine-core child and wait until it carries its name; watch it from then on.
+
+        Started as `NAME -S engine_core.py`: argv[0] is the name, the real python the executable;
+        PYTHONEXECUTABLE tells that python where it is (argv[0] no longer does).
+        """
+        env = dict(os.environ, PYTHONEXECUTABLE=sys.executable)
+        try:
+            proc = subprocess.Popen([name, "-S", ENGINE_CORE_SCRIPT, "--parent-pid", str(os.getpid())],
+                                    executable=sys.executable, env=env, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            STARTUP.error(f"cannot start the engine core {name}: {e.strerror or e}")
+            return False
+        self.engine_core = proc
+        deadline = time.monotonic() + timeout_s
+        while _comm(proc.pid) != name[:15]:  # renamed: exec'd, and looks like vLLM's
+            if proc.poll() is not None or time.monotonic() > deadline:
+                STARTUP.error(f"engine core {name} (pid {proc.pid}) did not start: "
+                              f"{_exit_status(proc.poll()) if proc.poll() is not None else 'timed out'}")
+                self._stop_engine_core_now()
+                return False
+            await asyncio.sleep(0.005)
+        STARTUP.info(f"Engine core started name={name} pid={proc.pid}")
+        loop = asyncio.get_running_loop()
+        try:
+            self._engine_fd = os.pidfd_open(proc.pid)
+            loop.add_reader(self._engine_fd, self._engine_core_exited)
+        except (AttributeError, OSError):  # no pidfd (old kernel): poll
+            self._engine_fd = None
+            self._engine_poll = asyncio.ensure_future(self._poll_engine_core())
+        return True
+
+    async def _poll_engine_core(self) -> None:
+        while self.engine_core is not None and self.engine_core.poll() is None:
+            await asyncio.sleep(0.05)
+        self._engine_core_exited()
+
+    def _unwatch_engine_core(self) -> None:
+        if self._engine_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._engine_fd)
+            os.close(self._engine_fd)
+            self._engine_fd = None
+        if self._engine_poll is not None and self._engine_poll is not asyncio.current_task():
+            self._engine_poll.cancel()
+        self._engine_poll = None
+
+    def _engine_core_exited(self) -> None:
+        self._unwatch_engine_core()
+        proc = self.engine_core
+        if proc is None or self.engine_dead:
+            return
+        code = proc.wait()  # it is gone: reaps at once
+        self.engine_dead = True
+        ENGINE.error(
+            f"EngineDeadError: EngineCore encountered an issue; engine core {proc.args[0]} pid={proc.pid} "
+            f"{_exit_status(code)} instance_id={self.instance_id} inflight={len(self.active)}"
+        )
+        asyncio.ensure_future(self._engine_dead_shutdown())
+
+    async def _engine_dead_shutdown(self) -> None:
+        """Like Dynamo's vLLM worker: withdraw readiness and deregister at once, cut the in-flight
+        streams (no end line: the frontend migrates them), exit 1. No drain: nothing generates."""
+        ENGINE.warning("Initiating Dynamo Runtime shutdown")
+        self.exit_code = 1
+        self.draining = True  # /health 503, new requests 503 (also during a SIGTERM drain)
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        await self._deregister()
+        RUNTIME.info(f"Runtime readiness withdrawn: engine dead instance_id={self.instance_id}")
+        if self.active:
+            INGRESS.warning(f'Aborting inflight requests: engine dead endpoint_name="generate" '
+                            f"inflight_count={len(self.active)}")
+        await self._end_inflight(engine_dead=True)
+        self.stopped.set()
+
+    async def _end_inflight(self, engine_dead: bool) -> None:
+        """End every in-flight request, then wait (2 s at most) for their handlers to finish.
+        Engine dead: the streams are cut (the frontend migrates them); else the drain timed out
+        and each ends with an in-band error."""
+        for req in list(self.active.values()):
+            if engine_dead:
+                req.engine_dead = True
+                if req.transport is not None:
+                    req.transport.abort()  # no chunked terminator: the body ends before its end line
+                    continue
+            else:
+                req.drain_abort = True
+            if req.task is not None:
+                req.task.cancel()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=2)
+        except asyncio.TimeoutError:
+            pass
+
+    async def stop_engine_core(self, grace_s: float = 2.0) -> None:
+        """Normal shutdown: SIGTERM the child, SIGKILL it after grace_s (by PID, ours only)."""
+        proc = self.engine_core
+        if proc is None or self.engine_dead:
+            return
+        self._unwatch_engine_core()
+        self.engine_core = None
+        if proc.poll() is None:
+            proc.terminate()
+            deadline = time.monotonic() + grace_s
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        self._kill_engine_core(proc)
+        STARTUP.info(f"Engine core stopped pid={proc.pid} {_exit_status(proc.returncode)}")
+
+    def _stop_engine_core_now(self) -> None:
+        proc, self.engine_core = self.engine_core, None
+        if proc is not None:
+            self._kill_engine_core(proc)
+
+    @staticmethod
+    def _kill_engine_core(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
     # -- shutdown ---------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -388,15 +549,25 @@ class Worker:
                     "Timed out waiting for inflight requests to drain; proceeding with shutdown "
                     f'endpoint_name="generate" timeout_secs={self.args.drain_timeout_s:g} remaining={len(self.active)}'
                 )
-                for req in list(self.active.values()):
-                    req.drain_abort = True
-                    if req.task is not None:
-                        req.task.cancel()
-                try:
-                    await asyncio.wait_for(self._idle.wait(), timeout=2)
-                except asyncio.TimeoutError:
-                    pass
+                await self._end_inflight(engine_dead=False)
         self.stopped.set()
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return None
+
+
+def _exit_status(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def _write_addr_file(path: str, info: dict) -> None:
@@ -422,16 +593,16 @@ async def serve(args: argparse.Namespace) -> int:
     worker.session = ClientSession(connector=TCPConnector(limit=0), timeout=ClientTimeout(total=None, sock_connect=2))
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port)
+    site = web.TCPSite(runner, args.host, args.port)
     try:
         await site.start()
     except OSError as e:
-        STARTUP.error(f"cannot bind 127.0.0.1:{args.port}: {e.strerror or e}")
+        STARTUP.error(f"cannot bind {args.host}:{args.port}: {e.strerror or e}")
         await runner.cleanup()
         await worker.session.close()
         return 1
     port = runner.addresses[0][1]
-    worker.url = f"http://127.0.0.1:{port}"
+    worker.url = f"http://{args.host}:{port}"
     if args.addr_file:
         _write_addr_file(
             args.addr_file,
@@ -444,14 +615,19 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
+    if args.engine_core and not await worker.start_engine_core(args.engine_core):
+        await runner.cleanup()
+        await worker.session.close()
+        return 1
     worker._lease_task = asyncio.ensure_future(worker._lease_loop())
     watcher = asyncio.ensure_future(watch_parent(args.parent_pid, worker.shutdown))
     await worker.stopped.wait()
     watcher.cancel()
+    await worker.stop_engine_core()
     await runner.cleanup()
     await worker.session.close()
-    STARTUP.info("Worker stopped")
-    return 0
+    STARTUP.info(f"Worker stopped exit_code={worker.exit_code}")
+    return worker.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=wire.KINDS, default=wire.AGGREGATED)
     p.add_argument("--model", default="ftlocust-ref")
     p.add_argument("--frontend-url", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (its network namespace's, in one)")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--addr-file", default=None)
     p.add_argument("--token-delay-s", type=float, default=0.02)
@@ -474,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--parent-pid", type=int, default=None,
                    help="shut down if this process (the launcher/driver) goes away")
+    p.add_argument("--engine-core", default=None, metavar="NAME",
+                   help="run an engine-core child named NAME (e.g. VLLM::EngineCore); exit 1 when it dies")
     p.add_argument("--log-level", default="INFO")
     return p
 
