@@ -5,14 +5,15 @@ network namespaces are dropped (or rejected) in the namespace that routes betwee
     - {kind: partition, target: serving-worker, partition: worker_nats, trigger: {mid_stream_chunks: 30}}
     - {kind: partition, target: decode-1, partition: custom, peers: [prefill-1], mode: reject, ...}
 
-Needs a deployment whose roles run in network namespaces the run created (the reference
-deployment with `target.options.network: netns`); anything else is refused at preflight in one
-line. Fields:
+Needs a deployment whose roles run in network namespaces the run created (the reference or
+the dynamo target with `target.options.network: netns`); anything else is refused at preflight
+in one line. Fields:
 
 - `partition`: the seed's partition types — `frontend_worker` (the default: target ↔ the
   frontend), `worker_worker` (target ↔ every other worker), `worker_nats` (target ↔ the
   discovery/registry endpoint only: for the reference deployment the worker's lease renewals to
-  the frontend's port, so streams go on while the lease runs out), `custom` (target ↔ `peers`).
+  the frontend's port, so streams go on while the lease runs out; refused for dynamo, whose
+  discovery is files), `custom` (target ↔ `peers`).
 - `peers`: roles, for `custom` only; `client` is the driver (where Locust runs).
 - `mode`: `drop` (the default: packets vanish, so connects and open streams stall as in a real
   partition) or `reject` (ICMP errors: connections fail at once).
@@ -80,7 +81,7 @@ class PartitionFault(Fault):
         deployment = ctx.deployment
         if not isinstance(deployment, NamespacedDeployment) or (deployment.network_lab is None and not ctx.dry_run):
             raise ConfigError(f"{self.field('kind')}: partition needs a deployment in network namespaces "
-                              f"(the reference deployment with target.options.network: netns)")
+                              f"(a reference or dynamo target with target.options.network: netns)")
         if self.spec.target.startswith(("pid:", "pidfile:")):
             raise ConfigError(f"{self.where}.target: a partition cuts a role of the deployment, not a pid")
         self._deployment = deployment

@@ -1,4 +1,5 @@
-"""Real NVIDIA Dynamo as a target: its frontend plus N GPU-free mocker workers, all on loopback.
+"""Real NVIDIA Dynamo as a target: its frontend plus N GPU-free mocker workers, on loopback or
+each role in its own network namespace (`network: netns`).
 
 How it runs without etcd, NATS or a GPU (measured, shared/reference/dynamo-local.md):
 - discovery through files (DYN_DISCOVERY_BACKEND=file) in a directory private to this run, so
@@ -12,6 +13,16 @@ How it runs without etcd, NATS or a GPU (measured, shared/reference/dynamo-local
 - readiness gated on every worker's /health, the model in the frontend's /v1/models, every
   worker visible to the frontend, and one completion answered (frontend /health is 200 even
   with zero workers).
+
+With `network="netns"` each role runs in its own namespace of a `ftlocust.netns` lab made at
+start() and deleted at stop() (the guardian deletes it if the driver dies), exactly as the
+reference deployment does: every address above (--http-host, DYN_TCP_RPC_HOST,
+DYN_TCP_RESPONSE_STREAM_HOST, DYN_EVENT_PLANE_HOST, DYN_SYSTEM_HOST, the broker's bind address
+and DYN_ZMQ_BROKER_URL) is the role's lab address instead of 127.0.0.1, so frontend <-> worker
+traffic (request plane one way, response streams the other) crosses the lab's router, where
+`partition` faults cut it. Discovery stays in files (not cuttable: no `worker_nats` partition).
+The driver stays in the root namespace; the lab's creation and removal are logged
+(`network_created {...}` / `network_removed {...}` in test.log).
 
 Roles: "broker", "frontend", "worker-1" .. "worker-N". Processes are run and stopped by
 `ftlocust.targets.local.ProcessGroup` (only the PIDs it started). A deployment that cannot come
@@ -33,7 +44,7 @@ from typing import Any, Iterable, Mapping
 
 from ftlocust.dynamo_env import env_python, require_env
 from ftlocust.errors import ConfigError
-from ftlocust.targets.local import GroupProcesses, ProcessGroup, ProcessSpec, last_line
+from ftlocust.targets.local import NETWORKS, GroupProcesses, NamespacedRoles, ProcessGroup, ProcessSpec, last_line
 from ftlocust.targets.tinymodel import write_tiny_model
 
 BROKER_ROLE = "broker"
@@ -89,7 +100,7 @@ def free_system_ports(count: int, avoid: Iterable[int] = (), attempts: int = 500
 
 
 def _http(method: str, url_base: tuple[str, int], path: str, body: Any = None, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """One small HTTP exchange with a loopback server; (status, body). Raises OSError."""
+    """One small HTTP exchange with a server of the deployment; (status, body). Raises OSError."""
     host, port = url_base
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:
@@ -108,7 +119,7 @@ def _strings(value: Any, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-class DynamoDeployment(GroupProcesses):
+class DynamoDeployment(NamespacedRoles, GroupProcesses):
     """A local Dynamo (frontend + `workers` mocker workers + event broker) under `run_dir`.
 
     Options (all keywords are scenario `target.options` too):
@@ -124,10 +135,12 @@ class DynamoDeployment(GroupProcesses):
       worker_env         extra environment for every worker (wins over the above)
       router_mode        frontend --router-mode
       startup_timeout_s  per process and for the whole readiness gate
+      network            loopback (the default: every role on 127.0.0.1) or netns (each role in
+                         its own network namespace, bound to and advertising its address there,
+                         so `partition` faults can cut it off; needs root and iproute2)
     """
 
     frontend_role = FRONTEND_ROLE
-    network_lab = None  # on loopback (Dynamo in namespaces: not yet)
     broker_role = BROKER_ROLE
     events_path = None  # ground-truth events exist only for the reference deployment
     started_here = True
@@ -155,6 +168,7 @@ class DynamoDeployment(GroupProcesses):
         worker_drain_s: float | None = None,
         router_mode: str = "round-robin",
         startup_timeout_s: float = 90.0,
+        network: str = "loopback",
     ):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers: expected an integer >= 1, got {workers!r}")
@@ -180,6 +194,8 @@ class DynamoDeployment(GroupProcesses):
             raise ConfigError(f"router_mode: expected a Dynamo --router-mode name, got {router_mode!r}")
         if isinstance(startup_timeout_s, bool) or not isinstance(startup_timeout_s, (int, float)) or startup_timeout_s <= 0:
             raise ConfigError(f"startup_timeout_s: expected a number > 0, got {startup_timeout_s!r}")
+        if network not in NETWORKS:
+            raise ConfigError(f"network: expected {' or '.join(NETWORKS)}, got {network!r}")
         self.extra_frontend_args = _strings(extra_frontend_args, "extra_frontend_args")
         self.extra_worker_args = _strings(extra_worker_args, "extra_worker_args")
         self.env_path = require_env(env_path)
@@ -202,6 +218,7 @@ class DynamoDeployment(GroupProcesses):
         self.home_dir = self.run_dir / "home"
         self._system_ports: dict[str, int] = {}
         self._broker_ports: tuple[int, int] | None = None
+        self._init_network(network)
 
     # ----- addresses -------------------------------------------------------------------
 
@@ -209,7 +226,7 @@ class DynamoDeployment(GroupProcesses):
     def base_url(self) -> str:
         if self.port is None:
             raise RuntimeError("DynamoDeployment.base_url: not started")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self._host(FRONTEND_ROLE)}:{self.port}"
 
     def worker_roles(self) -> list[str]:
         return [f"{WORKER_PREFIX}{i}" for i in range(1, self.workers + 1)]
@@ -224,7 +241,7 @@ class DynamoDeployment(GroupProcesses):
         if role == FRONTEND_ROLE:
             return self.base_url + path
         if role in self._system_ports:
-            return f"http://127.0.0.1:{self._system_ports[role]}{path}"
+            return f"http://{self._host(role)}:{self._system_ports[role]}{path}"
         if role == BROKER_ROLE:
             raise ConfigError(f"role {role!r} has no HTTP endpoint (it is the ZMQ event broker)")
         raise ConfigError(f"role: unknown {role!r} (expected one of {', '.join(self.roles())})")
@@ -234,7 +251,7 @@ class DynamoDeployment(GroupProcesses):
 
     def address(self, role: str) -> str | None:
         if role == BROKER_ROLE:
-            return f"127.0.0.1:{self._broker_ports[0]}" if self._broker_ports else None
+            return f"{self._host(role)}:{self._broker_ports[0]}" if self._broker_ports else None
         try:
             return self._system_url(role, "").split("://", 1)[1]
         except (ConfigError, RuntimeError):
@@ -243,22 +260,29 @@ class DynamoDeployment(GroupProcesses):
     def log_path(self, role: str) -> str:
         return self.group.log_path(role)
 
+    def registry_endpoint(self) -> None:
+        """None: discovery is files (DYN_DISCOVERY_BACKEND=file), no network endpoint a worker
+        registers with, so a `partition` of kind worker_nats is refused. (The event broker is
+        not the analogue: it carries KV and load events, not registrations or liveness.)"""
+        return None
+
     # ----- process specs ---------------------------------------------------------------
 
-    def _common_env(self) -> dict[str, str]:
+    def _common_env(self, role: str) -> dict[str, str]:
         """Set over the caller's environment (ProcessGroup merges), so a caller's other DYN_*
-        variables still reach the processes."""
+        variables still reach the processes. Every host is the role's own address."""
         xsub, xpub = self._broker_ports
+        host, broker = self._host(role), self._host(BROKER_ROLE)
         env = dict(
             DYN_DISCOVERY_BACKEND="file",
             DYN_FILE_KV=str(self.kv_dir),
             DYN_REQUEST_PLANE="tcp",
             DYN_RESPONSE_PLANE="tcp",
             DYN_EVENT_PLANE="zmq",
-            DYN_ZMQ_BROKER_URL=f"xsub=tcp://127.0.0.1:{xsub} , xpub=tcp://127.0.0.1:{xpub}",
-            DYN_TCP_RPC_HOST="127.0.0.1",
-            DYN_TCP_RESPONSE_STREAM_HOST="127.0.0.1",
-            DYN_EVENT_PLANE_HOST="127.0.0.1",
+            DYN_ZMQ_BROKER_URL=f"xsub=tcp://{broker}:{xsub} , xpub=tcp://{broker}:{xpub}",
+            DYN_TCP_RPC_HOST=host,
+            DYN_TCP_RESPONSE_STREAM_HOST=host,
+            DYN_EVENT_PLANE_HOST=host,
             DYN_SDK_DISABLE_ANSI_LOGGING="1",
             DYN_LOG=os.environ.get("DYN_LOG", "info"),  # info: the `request received request_id=` lines
             HF_HUB_OFFLINE="1",  # the model folder is local; never try the hub
@@ -268,21 +292,23 @@ class DynamoDeployment(GroupProcesses):
 
     def _broker_spec(self) -> ProcessSpec:
         xsub, xpub = self._broker_ports
-        return ProcessSpec(BROKER_ROLE, [self.python, str(BROKER_SCRIPT), str(xsub), str(xpub)],
+        argv = [self.python, str(BROKER_SCRIPT), str(xsub), str(xpub), self._host(BROKER_ROLE)]
+        return ProcessSpec(BROKER_ROLE, self._prefix(BROKER_ROLE) + argv,
                            env={"PYTHONUNBUFFERED": "1"}, startup_timeout_s=self.startup_timeout_s)
 
     def _frontend_spec(self) -> ProcessSpec:
         argv = [
             self.python, "-m", "dynamo.frontend",
-            "--http-host", "127.0.0.1", "--http-port", str(self.port),
+            "--http-host", self._host(FRONTEND_ROLE), "--http-port", str(self.port),
             "--router-mode", self.router_mode,
             "--migration-limit", str(self.migration_limit),
             *self.extra_frontend_args,
         ]
         # The frontend caches model cards under $HOME/.cache/dynamo/mdc: a HOME per run keeps
         # parallel runs (and the user's cache) apart.
-        env = dict(self._common_env(), HOME=str(self.home_dir))
-        return ProcessSpec(FRONTEND_ROLE, argv, env=env, health_url=self.base_url + "/health",
+        env = dict(self._common_env(FRONTEND_ROLE), HOME=str(self.home_dir))
+        return ProcessSpec(FRONTEND_ROLE, self._prefix(FRONTEND_ROLE) + argv, env=env,
+                           health_url=self.base_url + "/health",
                            startup_timeout_s=self.startup_timeout_s)
 
     def _worker_spec(self, role: str) -> ProcessSpec:
@@ -292,22 +318,23 @@ class DynamoDeployment(GroupProcesses):
             "--speedup-ratio", f"{self.speedup_ratio:g}",
             *self.extra_worker_args,
         ]
-        env = self._common_env()
+        env = self._common_env(role)
         env.update(
-            DYN_SYSTEM_HOST="127.0.0.1",
+            DYN_SYSTEM_HOST=self._host(role),
             DYN_SYSTEM_PORT=str(self._system_ports[role]),
             DYN_HEALTH_CHECK_ENABLED="true",
         )
         if self.worker_drain_s is not None:
             env[DRAIN_ENV] = f"{self.worker_drain_s:g}"
         env.update(self.worker_env)
-        return ProcessSpec(role, argv, env=env, health_url=self.health_url(role),
+        return ProcessSpec(role, self._prefix(role) + argv, env=env, health_url=self.health_url(role),
                            startup_timeout_s=self.startup_timeout_s)
 
     # ----- lifecycle -------------------------------------------------------------------
 
     def start(self) -> "DynamoDeployment":
-        """Start broker, frontend and workers; return once the model is served end to end."""
+        """Start broker, frontend and workers (in netns mode, in the lab's namespaces, made
+        first); return once the model is served end to end."""
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.kv_dir, ignore_errors=True)  # stale registrations of an earlier start
@@ -318,6 +345,8 @@ class DynamoDeployment(GroupProcesses):
         self.port = self.requested_port or ports[0]
         self._broker_ports = (ports[1], ports[2])
         self._system_ports = dict(zip(self.worker_roles(), free_system_ports(self.workers, avoid=ports)))
+        if self.network_lab is not None:
+            self._make_network()
 
         self.group.start(self._broker_spec(), wait=False)
         self._wait_broker()
@@ -356,11 +385,15 @@ class DynamoDeployment(GroupProcesses):
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop every process this deployment started (SIGTERM, SIGKILL after `grace_s`).
-        Workers first (they drain), the broker last. Safe after a partial start."""
+        Workers first (they drain), the broker last, then the lab's namespaces. Safe after a
+        partial start, and twice."""
         started = set(self.group.roles())
-        for role in [*self.worker_roles(), FRONTEND_ROLE, BROKER_ROLE]:
-            if role in started:
-                self.group.stop(role, grace_s=grace_s)
+        try:
+            for role in [*self.worker_roles(), FRONTEND_ROLE, BROKER_ROLE]:
+                if role in started:
+                    self.group.stop(role, grace_s=grace_s)
+        finally:
+            self._remove_network()
 
     def restart(self, role: str, grace_s: float = 10.0) -> None:
         """Restart one role with its original command and ports (stopped first if running,
@@ -400,7 +433,7 @@ class DynamoDeployment(GroupProcesses):
             if not self.group.alive(BROKER_ROLE):
                 raise ConfigError(self._exited(BROKER_ROLE))
             try:
-                socket.create_connection(("127.0.0.1", self._broker_ports[0]), timeout=1).close()
+                socket.create_connection((self._host(BROKER_ROLE), self._broker_ports[0]), timeout=1).close()
                 return
             except OSError:
                 pass
@@ -411,7 +444,7 @@ class DynamoDeployment(GroupProcesses):
     def generate_instances(self) -> list[int]:
         """Instance ids of the workers the frontend currently lists for generation (its /health).
         A SIGKILLed worker stays listed until its discovery entry expires (~10 s)."""
-        status, body = _http("GET", ("127.0.0.1", self.port), "/health", timeout_s=3)
+        status, body = _http("GET", (self._host(FRONTEND_ROLE), self.port), "/health", timeout_s=3)
         if status != 200:
             return []
         instances = json.loads(body).get("instances") or []
@@ -423,7 +456,7 @@ class DynamoDeployment(GroupProcesses):
         if role not in self._system_ports:
             raise ConfigError(f"role: expected a worker role ({', '.join(self.worker_roles())}), got {role!r}")
         try:
-            status, body = _http("GET", ("127.0.0.1", self._system_ports[role]), "/metrics", timeout_s=3)
+            status, body = _http("GET", (self._host(role), self._system_ports[role]), "/metrics", timeout_s=3)
         except OSError:
             return None
         found = re.search(r'dynamo_endpoint="generate"[^}]*worker_id="([0-9a-f]+)"', body.decode(errors="replace"))
@@ -451,11 +484,12 @@ class DynamoDeployment(GroupProcesses):
         while True:
             self._raise_if_dead()
             try:
-                status, body = _http("GET", ("127.0.0.1", self.port), "/v1/models", timeout_s=3)
+                status, body = _http("GET", (self._host(FRONTEND_ROLE), self.port), "/v1/models", timeout_s=3)
                 listed = status == 200 and any(m.get("id") == self.model for m in json.loads(body).get("data", []))
                 if listed:
                     request = {"model": self.model, "prompt": "ready", "max_tokens": 1}
-                    status, body = _http("POST", ("127.0.0.1", self.port), "/v1/completions", request, timeout_s=10)
+                    status, body = _http("POST", (self._host(FRONTEND_ROLE), self.port), "/v1/completions", request,
+                                         timeout_s=10)
                     if status == 200 and json.loads(body).get("choices"):
                         return
                     last = f"completion answered {status}: {body[:200]!r}"

@@ -328,3 +328,72 @@ class GroupProcesses:
 
         pid = self.group.pid(role)
         return ProcessRef.capture(pid, role) if pid is not None and self.group.alive(role) else None
+
+
+NETWORKS = ("loopback", "netns")  # `target.options.network` of a deployment of local processes
+
+
+class NamespacedRoles:
+    """`network: loopback | netns` for deployments of local processes (reference, dynamo).
+
+    With netns each role runs in its own network namespace of a `ftlocust.netns.NetworkLab`
+    (made in `_init_network`, created by `_make_network` at start, deleted by `_remove_network`
+    at stop; the guardian deletes it if the driver dies): a role's argv starts with
+    `_prefix(role)` and it binds and advertises `_host(role)`. The driver stays in the root
+    namespace (the lab's role `client`). `_network_event` says what was made and removed: the
+    reference deployment writes it to its events.jsonl, others log it."""
+
+    network = "loopback"
+    network_lab = None  # the ftlocust.netns.NetworkLab with network="netns"
+    _lab_hold = None  # (guardian, hold ids) while the lab exists
+    _lab_pending = False  # _make_network began and _remove_network has not run since
+
+    def _init_network(self, network: str) -> None:
+        """Once roles() is known: the lab for netns (nothing made yet: a dry run describes it)."""
+        self.network = network
+        self.network_lab = None
+        self._lab_hold = None
+        if network == "netns":
+            from ftlocust.netns import NetworkLab
+
+            self.network_lab = NetworkLab(self.roles())
+
+    def _host(self, role: str) -> str:
+        return self.network_lab.address(role) if self.network_lab is not None else "127.0.0.1"
+
+    def _prefix(self, role: str) -> list[str]:
+        """`ip netns exec NS` in netns mode: it execs, so the PID is still the program's."""
+        return self.network_lab.exec_prefix(role) if self.network_lab is not None else []
+
+    def _make_network(self) -> None:
+        from ftlocust import guardian
+        from ftlocust.netns import NetworkLab
+
+        lab = self.network_lab
+        self._lab_pending = True
+        NetworkLab.preflight()
+        g = guardian.active()
+        if g is not None:  # before the namespaces exist: nothing outlives a killed driver
+            self._lab_hold = (g, [g.hold(action) for action in lab.guardian_actions()])
+        lab.create()
+        self._network_event("network_created", lab=lab.lab_id, subnet=str(lab.subnet), namespaces=lab.namespace_names,
+                            addresses={r: lab.address(r) for r in lab.roles})
+
+    def _remove_network(self) -> None:
+        lab = self.network_lab
+        if lab is None or not self._lab_pending:
+            return
+        self._lab_pending = False
+        lab.destroy()
+        if self._lab_hold is not None:
+            g, ids = self._lab_hold
+            for hold_id in ids:
+                g.release(hold_id)
+            self._lab_hold = None
+        self._network_event("network_removed", lab=lab.lab_id)
+
+    def _network_event(self, event: str, **fields) -> None:
+        import json
+        import logging
+
+        logging.getLogger("ftlocust.targets").info("%s %s", event, json.dumps(fields, separators=(",", ":")))

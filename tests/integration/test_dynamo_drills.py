@@ -34,6 +34,7 @@ from ftlocust.dynamo_env import env_python
 from ftlocust.evidence import MetricsSnapshot
 from ftlocust.records import read_records
 from tests.support.dynamo import ENV_PATH, dynamo_marks
+from tests.support.netns import needs_netns
 
 pytestmark = dynamo_marks(timeout_s=300)
 
@@ -457,6 +458,41 @@ def test_rejection_counts_every_529_dynamo_sent(tmp_path):
     drill.assert_torn_down()
 
 
+def _lab_log(art: Path) -> tuple[dict, list[str]]:
+    """The network lab the deployment logged creating (test.log: `network_created {...}`), and
+    the labs it logged removing."""
+    lines = (art / "test.log").read_text().splitlines()
+    (created,) = [json.loads(l.split("network_created ", 1)[1]) for l in lines if "ftlocust.targets: network_created " in l]
+    removed = [json.loads(l.split("network_removed ", 1)[1])["lab"] for l in lines
+               if "ftlocust.targets: network_removed " in l]
+    return created, removed
+
+
+@needs_netns
+def test_partition_stalls_requests_to_the_cut_worker_and_nothing_fails_or_stalls_after_it(tmp_path):
+    drill = Drill("load.py", "partition.yaml", tmp_path / "run", ("-u", "8", "-r", "8"))
+    assert drill.returncode == 0, drill.tail()
+    assert all(drill.verdicts().values())
+    (entry,) = drill.summary["per_fault"]
+    fault, w = entry["fault"], entry["window"]
+    assert fault["status"] == "injected" and fault["detail"]["partition"] == "frontend_worker"
+    assert len(fault["detail"]["rules"]) == 2 and 5.5 < w["in_effect_s"] < 7.5
+    assert w["during"]["stalled"] >= 1 and w["during"]["failed"] == 0
+    assert w["after_end"]["failed"] == w["after_end"]["stalled"] == 0 and w["after_end"]["success"] > 0
+    # Dynamo's side: each request that timed out on worker-1 was moved to worker-2 (new_request).
+    timeouts = [l for l in drill.log_lines("frontend") if "TCP request timeout" in l]
+    lab, removed = _lab_log(drill.art)
+    assert timeouts and all(f"TCP request timeout to {lab['addresses']['worker-1']}:" in l for l in timeouts)
+    assert drill.metric_delta("frontend", "dynamo_frontend_model_migration_duration_seconds_count",
+                              migration_type="new_request", outcome="success") == len(timeouts)
+    assert all(r.outcome == "ok" for r in drill.records())
+    # Every role listened in its namespace; all of them are gone afterwards.
+    assert any(f'address="{lab["addresses"]["frontend"]}:' in l for l in drill.log_lines("frontend"))
+    assert removed == [lab["lab"]] and len(lab["namespaces"]) == 5
+    assert not [n for n in lab["namespaces"] if os.path.exists(f"/run/netns/{n}")]
+    drill.assert_torn_down()
+
+
 DRILLS = {  # scenario -> its locustfile (the README's table)
     "migration-sigkill.yaml": "migration.py",
     "migration-off.yaml": "migration.py",
@@ -466,6 +502,7 @@ DRILLS = {  # scenario -> its locustfile (the README's table)
     "frontend-sigkill.yaml": "migration.py",
     "cancellation.yaml": "cancellation.py",
     "rejection.yaml": "load.py",
+    "partition.yaml": "load.py",
 }
 
 
@@ -473,7 +510,8 @@ def test_every_dynamo_scenario_has_a_drill_here():
     assert set(DRILLS) == {p.name for p in (ROOT / "configs" / "dynamo").glob("*.yaml")}
 
 
-@pytest.mark.parametrize("scenario", sorted(DRILLS))
+@pytest.mark.parametrize("scenario", [pytest.param(s, marks=[needs_netns] if s == "partition.yaml" else [])
+                                      for s in sorted(DRILLS)])
 def test_dry_run_of_each_scenario_validates_and_starts_nothing(tmp_path, scenario):
     art = tmp_path / "run"
     argv = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / DRILLS[scenario]), "--headless",

@@ -61,6 +61,7 @@ def test_tiny_vocab_has_words_where_the_mocker_emits_ids():
         ({"worker_env": ["X=1"]}, "worker_env"),
         ({"extra_worker_args": "--block-size 16"}, "extra_worker_args"),
         ({"extra_frontend_args": [1]}, "extra_frontend_args"),
+        ({"network": "host"}, "network"),
     ],
 )
 def test_bad_options_name_the_field(tmp_path, options, field):

@@ -22,16 +22,15 @@ import time
 
 import ftlocust
 from ftlocust.errors import ConfigError
-from ftlocust.targets.local import GroupProcesses, ProcessGroup, ProcessSpec, http_get_status
+from ftlocust.targets.local import NETWORKS, GroupProcesses, NamespacedRoles, ProcessGroup, ProcessSpec, http_get_status
 from ftlocust.targets.reference import client
 from ftlocust.targets.reference.events import EventLog
 from ftlocust.targets.reference.wire import AGGREGATED, DECODE, PREFILL
 
-NETWORKS = ("loopback", "netns")
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ftlocust.__file__)))
 
 
-class ReferenceDeployment(GroupProcesses):
+class ReferenceDeployment(NamespacedRoles, GroupProcesses):
     """The embedded default target. Knobs: README.md beside this file."""
 
     frontend_role = "frontend"
@@ -126,13 +125,7 @@ class ReferenceDeployment(GroupProcesses):
         self._events: EventLog | None = None
         self._started = False
         self._exits_recorded: set[int] = set()  # pids whose process_exited is in events.jsonl
-        self.network = network
-        self.network_lab = None  # a ftlocust.netns.NetworkLab with network="netns" (made at start)
-        self._lab_hold = None
-        if network == "netns":
-            from ftlocust.netns import NetworkLab
-
-            self.network_lab = NetworkLab(self.roles())
+        self._init_network(network)  # network_lab: a ftlocust.netns.NetworkLab with "netns" (made at start)
 
     # -- roles and addresses ------------------------------------------------------------------
 
@@ -245,48 +238,18 @@ class ReferenceDeployment(GroupProcesses):
         return ProcessSpec(role, self._prefix(role) + argv, env=self._env(), health_url=self._health_callable(role),
                            startup_timeout_s=self.startup_timeout_s)
 
-    def _host(self, role: str) -> str:
-        return self.network_lab.address(role) if self.network_lab is not None else "127.0.0.1"
-
-    def _prefix(self, role: str) -> list[str]:
-        """`ip netns exec NS` in netns mode: it execs, so the PID is still the program's."""
-        return self.network_lab.exec_prefix(role) if self.network_lab is not None else []
-
     def registry_endpoint(self) -> tuple[str, int | None]:
         """Where workers register (role, port): their leases go to the frontend's port."""
         port = int(self.base_url.rsplit(":", 1)[1]) if self.base_url else (self.port or None)
         return self.frontend_role, port
-
-    def _make_network(self) -> None:
-        from ftlocust import guardian
-        from ftlocust.netns import NetworkLab
-
-        lab = self.network_lab
-        NetworkLab.preflight()
-        g = guardian.active()
-        if g is not None:  # before the namespaces exist: nothing outlives a killed driver
-            self._lab_hold = (g, [g.hold(action) for action in lab.guardian_actions()])
-        lab.create()
-        self._event("network_created", lab=lab.lab_id, subnet=str(lab.subnet), namespaces=lab.namespace_names,
-                    addresses={r: lab.address(r) for r in lab.roles})
-
-    def _remove_network(self) -> None:
-        lab = self.network_lab
-        if lab is None:
-            return
-        lab.destroy()
-        if self._lab_hold is not None:
-            g, ids = self._lab_hold
-            for hold_id in ids:
-                g.release(hold_id)
-            self._lab_hold = None
-        self._event("network_removed", lab=lab.lab_id)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _event(self, event: str, **fields) -> None:
         if self._events is not None:
             self._events.write(event, **fields)
+
+    _network_event = _event  # network_created / network_removed go to events.jsonl
 
     def start(self) -> "ReferenceDeployment":
         """Start every process; return once the model is listed and one completion succeeded.
