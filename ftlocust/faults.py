@@ -215,6 +215,8 @@ REGISTRY: dict[str, type[Fault]] = {}
 BUILTIN_KINDS: dict[str, str] = {
     "process-signal": "ftlocust.fault_kinds.process_signal",
     "partition": "ftlocust.fault_kinds.partition",
+    "pod-delete": "ftlocust.fault_kinds.k8s_pod_delete",
+    "pod-signal": "ftlocust.fault_kinds.k8s_pod_signal",
 }
 
 

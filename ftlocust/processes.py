@@ -122,7 +122,12 @@ def process_name_matches(pid: int, name: str) -> bool:
             comm = f.read().decode(errors="replace").rstrip("\n")
     except OSError:
         return False
-    argv0 = raw.split(b"\0", 1)[0].decode(errors="replace")
+    return name_matches(raw.split(b"\0", 1)[0].decode(errors="replace"), comm, name)
+
+
+def name_matches(argv0: str, comm: str, name: str) -> bool:
+    """The naming rule of `descendants_named` on a process's argv[0] and comm as read (here from
+    /proc, or from a container by `ftlocust.k8s.exec.list_processes`)."""
     word = argv0.split(" ", 1)[0]
     if word == name:
         return True

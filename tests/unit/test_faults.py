@@ -33,7 +33,7 @@ class FakeDeployment:
 def test_unknown_kind_names_the_known_ones_and_the_close_one():
     with pytest.raises(ConfigError) as e:
         build_fault(_spec(kind="proces-signal"), where="s.yaml: faults[0]")
-    assert str(e.value) == ("s.yaml: faults[0].kind: expected one of partition, process-signal, got 'proces-signal'; "
+    assert str(e.value) == ("s.yaml: faults[0].kind: expected one of partition, pod-delete, pod-signal, process-signal, got 'proces-signal'; "
                             "did you mean 'process-signal'?")
 
 
