@@ -71,7 +71,7 @@ class KilledDrill:
         return read_lines(str(path))
 
     def left(self) -> list[int]:
-        return [pid for pid in self.members if _stat(pid) is not None and int(_stat(pid)[2]) in self.pgids]
+        return [pid for pid in self.members if (f := _stat(pid)) is not None and int(f[2]) in self.pgids]
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
