@@ -127,7 +127,8 @@ def resolve_target(spec: FaultSpec, ctx: FaultContext, where: str) -> Target:
         if spec.trigger.mid_stream_chunks is None:
             raise ConfigError(f"{here}: serving-worker needs trigger.mid_stream_chunks (a probe request in flight)")
         return Target(target)
-    if not deployment.started_here:  # only the processes the scenario names by identity
+    if not deployment.started_here and getattr(deployment, "local_processes", True):
+        # only the processes the scenario names by identity (a k8s target's roles are pods: by role)
         named = [role for role in deployment.roles() if deployment.pid(role) is not None]
         if target not in named:
             raise ConfigError(f"{here}: {target!r} is not a process named in target.pids (named: "

@@ -186,6 +186,11 @@ class NetworkLab:
         ns = self.netns(role)
         return [] if ns is None else [_ip_binary() or "ip", "netns", "exec", ns]
 
+    @property
+    def ready(self) -> bool:
+        """Created (a subnet chosen): partitions can be planned (`partition` asks this)."""
+        return self.subnet is not None
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     @classmethod

@@ -6,8 +6,10 @@ network namespaces are dropped (or rejected) in the namespace that routes betwee
     - {kind: partition, target: decode-1, partition: custom, peers: [prefill-1], mode: reject, ...}
 
 Needs a deployment whose roles run in network namespaces the run created (the reference or
-the dynamo target with `target.options.network: netns`); anything else is refused at preflight
-in one line. Fields:
+the dynamo target with `target.options.network: netns`), or a `k8s` target, whose partitions are
+deny NetworkPolicies between the roles' pods (`ftlocust.k8s.networkpolicy`: mode drop only,
+new connections only; the guardian holds their deletion, `k8s-networkpolicy-delete`, before
+any is created); anything else is refused at preflight in one line. Fields:
 
 - `partition`: the seed's partition types — `frontend_worker` (the default: target ↔ the
   frontend), `worker_worker` (target ↔ every other worker), `worker_nats` (target ↔ the
@@ -42,11 +44,25 @@ MODES = ("drop", "reject")
 FIELDS = ("partition", "peers", "mode")
 
 
+class Partitioner(Protocol):
+    """What a deployment's `network_lab` is to this kind: `ftlocust.netns.NetworkLab` (rules in
+    network namespaces) or `ftlocust.k8s.networkpolicy.NetworkPolicyPartitioner` (NetworkPolicies;
+    mode drop only, `reject` is refused by its `plan` in one line)."""
+
+    ready: bool  # partitions can be planned (False: a lab not created yet, as in a dry run)
+
+    def preflight(self) -> None: ...  # ConfigError (one line) when it could not be made here
+    def plan(self, a: str, b: str | None = None, *, port: int | None = None, mode: str = "drop") -> Any: ...
+    def apply(self, partition: Any) -> None: ...
+    def unblock(self, partition: Any) -> Any: ...
+    def describe(self) -> str: ...
+
+
 @runtime_checkable
 class NamespacedDeployment(Protocol):
     """A deployment whose roles run in network namespaces of a `ftlocust.netns.NetworkLab`."""
 
-    network_lab: Any  # the NetworkLab, None when the deployment runs on loopback
+    network_lab: Any  # its Partitioner, None when the deployment runs on loopback
 
     def roles(self) -> list[str]: ...
     def worker_roles(self) -> list[str]: ...
@@ -81,7 +97,7 @@ class PartitionFault(Fault):
         deployment = ctx.deployment
         if not isinstance(deployment, NamespacedDeployment) or (deployment.network_lab is None and not ctx.dry_run):
             raise ConfigError(f"{self.field('kind')}: partition needs a deployment in network namespaces "
-                              f"(a reference or dynamo target with target.options.network: netns)")
+                              f"(a reference or dynamo target with target.options.network: netns) or a k8s target")
         if self.spec.target.startswith(("pid:", "pidfile:")):
             raise ConfigError(f"{self.where}.target: a partition cuts a role of the deployment, not a pid")
         self._deployment = deployment
@@ -100,10 +116,8 @@ class PartitionFault(Fault):
         if self.partition == "worker_worker" and self.target.role is not None and not self._peers(self.target.role):
             raise ConfigError(f"{self.field('partition')}: worker_worker needs another worker (the deployment has only "
                               f"{self.target.role})")
-        if self._lab is not None and self._lab.subnet is None:  # a dry run: nothing made yet
-            from ftlocust.netns import NetworkLab
-
-            NetworkLab.preflight()  # but say now, in one line, if it could not be made here
+        if self._lab is not None and not self._lab.ready:  # a dry run: nothing made yet
+            self._lab.preflight()  # but say now, in one line, if it could not be made here
         elif self.target.role is not None and self._lab is not None:
             self._planned = self._plan(self.target.role)
 

@@ -71,6 +71,11 @@ class PolicyPartition:
     def names(self) -> list[str]:
         return [p["metadata"]["name"] for p in self.policies]
 
+    @property
+    def rules(self) -> list[dict]:
+        """What the partition put in place, as data (the `ftlocust.netns.Partition` field)."""
+        return [{"networkpolicy": name, "namespace": self.namespace} for name in self.names]
+
     def describe(self) -> str:
         scope = f"tcp port {self.port} of {self.b}" if self.port else "all new connections"
         return (f"{self.a} <-> {self.b}: {scope} dropped (NetworkPolicies {', '.join(self.names)} in namespace "
@@ -104,6 +109,8 @@ def _ports_except(port: int) -> list[dict]:
 
 class NetworkPolicyPartitioner:
     """Partitions between roles of one namespace, each role a label selector of its pods."""
+
+    ready = True  # made with a loaded client: nothing to create first (`ftlocust.netns.NetworkLab.ready`)
 
     def __init__(self, kube: Kube, namespace: str, selectors: dict[str, str], run_id: str | None = None,
                  where: str = "partition"):
@@ -180,6 +187,9 @@ class NetworkPolicyPartitioner:
         except Exception as e:
             raise api_error(e, "list", "networkpolicies", self.namespace, self.where) from None
         return sorted(p.metadata.name for p in listed.items)
+
+    def preflight(self) -> None:
+        """Nothing to check (the client was warmed up before this was made)."""
 
     def describe(self) -> str:
         lines = [f"NetworkPolicy partitions in namespace {self.namespace} ({self.kube.host}), run {self.run_id}: "

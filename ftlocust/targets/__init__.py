@@ -5,6 +5,11 @@ module, imported only when a run uses it (real Dynamo's module needs its own env
 cluster target will need the kubernetes client). Nothing outside a target touches its
 processes: faults and the drill go through the methods below.
 
+Kinds that ftlocust does not start (`started_here=False`): `external` (processes by pid,
+evidence by URL and path) and `k8s` (roles as label selectors of pods in one namespace, log
+files refreshed from the API, partitions as NetworkPolicies). `--host` is the frontend's URL:
+a kind with `takes_host` (k8s) gets it passed through, any other kind becomes `external`.
+
 Adding a target: write a module with a class that satisfies `Deployment` and a
 `from_spec(spec, run_dir, host)` classmethod, and add one `TargetKind` line here (or call
 `register_target` from a plugin).
@@ -56,6 +61,7 @@ class TargetKind:
     implementation: str  # "module:Class"; the class has from_spec(spec, run_dir, host)
     summary: str
     started_here: bool = True  # ftlocust starts and stops it (needs no --host)
+    takes_host: bool = False  # --host is its frontend's URL (else --host makes the target external)
 
     def load(self) -> Any:
         module_name, _, class_name = self.implementation.partition(":")
@@ -82,6 +88,9 @@ for _kind in (
     TargetKind("external", "ftlocust.targets.external:ExternalDeployment",
                "a deployment ftlocust did not start: --host, processes by pid, evidence by URL and path",
                started_here=False),
+    TargetKind("k8s", "ftlocust.targets.k8s:K8sDeployment",
+               "a Kubernetes deployment: roles as label selectors in one namespace, frontend at --host",
+               started_here=False, takes_host=True),
 ):
     register_target(_kind)
 
@@ -97,13 +106,15 @@ def embedded_kinds() -> tuple[str, ...]:
 
 def build(spec: Any, run_dir: str, host: str | None) -> Deployment:
     """The deployment for a scenario's `target` (a `TargetSpec`). With `--host` nothing is
-    started: the deployment is the external one at that address, whatever the scenario's kind."""
-    name = "external" if host is not None else spec.kind
+    started: the deployment is the external one at that address, whatever the scenario's kind,
+    except for a kind that `takes_host` (k8s), which gets it as its frontend's URL."""
+    chosen = TARGETS.get(spec.kind)
+    name = spec.kind if host is None or (chosen is not None and chosen.takes_host) else "external"
     try:
         kind = TARGETS[name]
     except KeyError:
         raise ConfigError(f"target.kind: expected one of {', '.join(TARGETS)}, got {name!r}") from None
-    if not kind.started_here and host is None:
+    if not kind.started_here and host is None and not kind.takes_host:
         raise ConfigError(f"--host: the scenario's target is {name}, so --host is required")
     return kind.load().from_spec(spec, run_dir=run_dir, host=host)
 

@@ -10,7 +10,7 @@ from ftlocust.scenario import FaultSpec, TriggerSpec
 
 
 class Lab:
-    subnet = "10.213.0.0/24"
+    ready = True
 
     def __init__(self):
         self.applied, self.removed = [], []

@@ -1,0 +1,283 @@
+"""The `k8s` target kind (ftlocust/targets/k8s.py) through the REAL `kubernetes` client against
+the test API server (tests/support/fake_kube.py): options, roles, the server view, the log
+files, partitions as NetworkPolicies; then drills through Locust (pod-delete with the server
+view, a partition whose NetworkPolicies come and go)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import gevent
+import pytest
+
+from ftlocust import targets
+from ftlocust.errors import ConfigError
+from ftlocust.faults import FaultContext, build_fault
+from ftlocust.guardian import read_lines
+from ftlocust.k8s import client as kc
+from ftlocust.k8s.pods import delete_pod
+from ftlocust.scenario import FaultSpec, TargetSpec, TriggerSpec
+from tests.integration.test_external_target import deployment  # noqa: F401  (fixture)
+from tests.integration.test_k8s_drill import ROOT, cluster  # noqa: F401  (fixture)
+from tests.support.fake_kube import FakeKube
+from tests.support.procfs import wait
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+NS = "ft"
+SERVICES = {"frontend": "app=frontend", "worker": "app=worker"}
+
+
+class _Models(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        body = b'{"object": "list", "data": [{"id": "m"}]}'
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def frontend():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Models)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def fake(tmp_path):
+    server = FakeKube([NS]).start()
+    server.add_pod(NS, "frontend-0", {"app": "frontend"}, logs={"main": "frontend up\n"})
+    server.add_pod(NS, "worker-a", {"app": "worker"}, logs={"main": "request received request_id=r-1\n"})
+    server.add_pod(NS, "worker-b", {"app": "worker"}, logs={"main": "worker-b up\n"})
+    yield server
+    server.stop()
+
+
+def _build(tmp_path, fake, host=None, **options):
+    opts = {"namespace": NS, "services": dict(SERVICES), "kubeconfig": fake.kubeconfig(tmp_path), **options}
+    return targets.build(TargetSpec(kind="k8s", options=opts), str(tmp_path / "dep"), host)
+
+
+def _wait(predicate, timeout_s):
+    return wait(predicate, timeout_s, step=0.05)
+
+
+def test_host_is_the_k8s_targets_frontend_and_roles_come_from_services(tmp_path, fake, frontend):
+    d = _build(tmp_path, fake, host=frontend + "/")
+    assert type(d).__name__ == "K8sDeployment" and not d.started_here and d.base_url == frontend
+    assert d.roles() == ["frontend", "worker"] and d.worker_roles() == ["worker"]
+    assert d.health_url("frontend") == frontend + "/v1/models" and d.health_url("worker") is None
+    assert d.metrics_url("worker") is None and d.registry_endpoint() is None and d.process("worker") is None
+    d.start()
+    try:
+        assert d.expected == {"frontend": 1, "worker": 2} and d.network_lab.ready
+        assert d.alive("worker") and d.pid("worker") is None
+        with pytest.raises(ConfigError, match="use a pod-signal fault"):
+            d.signal("worker", 15)
+    finally:
+        d.stop()
+    explicit = _build(tmp_path, fake, frontend_url=frontend, frontend_role="worker", worker_roles=["frontend"])
+    assert explicit.frontend_role == "worker" and explicit.worker_roles() == ["frontend"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"namespace": None}, "target.options.namespace: missing"),
+    ({"services": None}, "target.options.services: expected a mapping of role to label selector"),
+    ({"services": {"worker": "app=worker"}}, "target.options.services: no 'frontend' role"),
+    ({"services": {"frontend": "app in (a,b)", "worker": "app=worker"}}, "expected an equality label selector"),
+    ({"worker_roles": ["db"]}, "target.options.worker_roles: expected a list of roles of frontend, worker"),
+    ({"log_poll_s": 0}, "target.options.log_poll_s: expected a number > 0"),
+    ({"replicas": 2}, "target.options.replicas: unknown for a k8s deployment"),
+])
+def test_bad_options_are_one_line(tmp_path, fake, frontend, options, message):
+    with pytest.raises(ConfigError) as e:
+        _build(tmp_path, fake, host=frontend, **options)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_without_host_or_frontend_url_it_says_so_and_a_selector_of_no_pods_fails_start(tmp_path, fake, frontend):
+    with pytest.raises(ConfigError, match="target.options.frontend_url: missing: give --host"):
+        _build(tmp_path, fake)
+    d = _build(tmp_path, fake, frontend_url=frontend, services={"frontend": "app=frontend", "worker": "app=decode"})
+    with pytest.raises(ConfigError) as e:
+        d.start()
+    assert str(e.value) == "target.options.services.worker: no pods match selector 'app=decode' in namespace ft"
+    with pytest.raises(ConfigError, match="target.pids: not for kind k8s"):
+        targets.build(TargetSpec(kind="k8s", pids={"worker": "pid:1"}, options={"namespace": NS}), str(tmp_path), frontend)
+
+
+def test_recovered_waits_for_a_ready_replacement_of_a_deleted_pod(tmp_path, fake, frontend):
+    fake.controller(NS, {"app": "worker"}, ready_after_s=1.0)
+    d = _build(tmp_path, fake, host=frontend).start()
+    try:
+        assert d.recovered("worker") is True
+        kube = kc.load(fake.kubeconfig(tmp_path))
+        delete_pod(kube, namespace=NS, name="worker-a", force=True)
+        assert d.recovered("worker") is False  # the replacement is not Ready yet
+        assert d.gone["worker"] == {"worker-a"}
+        assert _wait(lambda: d.recovered("worker"), 10)
+        fake.set_ready(NS, "worker-b", False)
+        assert d.recovered("worker") is False
+    finally:
+        d.stop()
+    with pytest.raises(ConfigError, match="no role 'db'"):
+        d.recovered("db")
+
+
+def test_log_files_are_refreshed_from_the_pods_logs_and_keep_a_deleted_pods(tmp_path, fake, frontend):
+    d = _build(tmp_path, fake, host=frontend, log_poll_s=0.1).start()
+    try:
+        worker_log = tmp_path / "dep" / "logs" / "worker.log"
+        assert d.log_path("worker") == str(worker_log) and d.log_path("db") is None
+        text = worker_log.read_text()
+        assert "==> worker-a/main <==\nrequest received request_id=r-1\n" in text and "worker-b up" in text
+        fake.pods[(NS, "worker-b")].logs["main"] = "request received request_id=r-2\n"
+        gevent.sleep(0.5)  # the greenlet's polls
+        assert "request_id=r-2" in worker_log.read_text()
+        from ftlocust import evidence
+
+        assert evidence.find_serving_role({"worker": d.log_path("worker")}, "r-2", timeout_s=1) == "worker"
+        delete_pod(kc.load(fake.kubeconfig(tmp_path)), namespace=NS, name="worker-a", force=True)
+        d.refresh_logs()
+        assert "request_id=r-1" not in worker_log.read_text()
+        previous = (tmp_path / "dep" / "logs" / "worker.previous.log").read_text()
+        assert "==> worker-a/main (gone) <==\nrequest received request_id=r-1" in previous
+    finally:
+        d.stop()
+    assert d._poller is None
+    gets = len(fake.requested("GET", "/log"))
+    time.sleep(0.3)
+    gevent.sleep(0.3)
+    assert len(fake.requested("GET", "/log")) == gets  # stopped
+
+
+class _Guardian:
+    def __init__(self, fake):
+        self.fake, self.held = fake, []
+
+    def hold(self, action):
+        assert not self.fake.policies, "a NetworkPolicy was created before its deletion was held"
+        self.held.append(action)
+        return len(self.held)
+
+    def release(self, hold_id):
+        pass
+
+
+@pytest.mark.parametrize("partition, params, pairs", [
+    ("frontend_worker", {}, [("worker", "frontend")]),
+    ("custom", {"peers": ["frontend"]}, [("worker", "frontend")]),
+])
+def test_partition_over_networkpolicies_is_held_before_applied(tmp_path, fake, frontend, partition, params, pairs):
+    d = _build(tmp_path, fake, host=frontend).start()
+    try:
+        ctx = FaultContext(deployment=d)
+        ctx.guardian = _Guardian(fake)
+        spec = FaultSpec(kind="partition", target="worker", trigger=TriggerSpec(after_seconds=1),
+                         params={"partition": partition, **params}, name="cut")
+        fault = build_fault(spec, where="f")
+        fault.preflight(ctx)
+        event = fault.inject(ctx)
+        assert [(p.a, p.b) for p in fault._planned] == pairs
+        assert [a["kind"] for a in ctx.guardian.held] == ["k8s-networkpolicy-delete"] * len(pairs)
+        assert len(fake.policies) == 2 and len(event.detail["rules"]) == 2
+        assert "NetworkPolicies" in event.detail["cuts"][0]
+        assert fault.recover(ctx) == "lifted partition worker|frontend (2 rule(s) deleted)"
+        assert not fake.policies
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"mode": "reject"}, "partition.mode: expected drop (a NetworkPolicy cannot reject)"),
+    ({"partition": "worker_nats"}, "f.partition: worker_nats, but this deployment has no registry endpoint"),
+    ({"partition": "worker_worker"}, "worker_worker needs another worker"),
+])
+def test_partitions_a_k8s_target_cannot_make_are_refused_in_one_line(tmp_path, fake, frontend, params, message):
+    d = _build(tmp_path, fake, host=frontend).start()
+    try:
+        spec = FaultSpec(kind="partition", target="worker", trigger=TriggerSpec(after_seconds=1), params=params,
+                         name="cut")
+        with pytest.raises(ConfigError) as e:
+            build_fault(spec, where="f").preflight(FaultContext(deployment=d))
+        assert message in str(e.value) and "\n" not in str(e.value)
+        assert not fake.requested("POST", "networkpolicies")
+    finally:
+        d.stop()
+
+
+# -- drills through Locust ------------------------------------------------------------------------
+
+
+def _k8s_drill(tmp_path, name, kubeconfig, host, faults, checks="- {check: no_failures, phase: all}"):
+    scenario = tmp_path / f"{name}.yaml"
+    scenario.write_text(f"""
+name: {name}
+target:
+  kind: k8s
+  options: {{namespace: ft, services: {{frontend: "app=frontend", worker: "app=worker"}}, kubeconfig: "{kubeconfig}",
+             log_poll_s: 0.5}}
+load: {{endpoint: completion-stream, requests_per_client: 6}}
+faults:
+{faults}
+checks:
+  {checks}
+""")
+    art = tmp_path / f"run-{name}"
+    proc = subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / "load.py"), "--headless",
+                           "--host", host, "--ft-scenario", str(scenario), "--ft-artifacts", str(art)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=200)
+    return proc, art
+
+
+def test_pod_delete_drill_on_a_k8s_target_measures_the_server_view(tmp_path, cluster):  # noqa: F811
+    fake, kubeconfig, urls, pids, run_dir = cluster
+    fake.add_pod("ft", "frontend-0", {"app": "frontend"})
+    fake.controller("ft", {"app": "worker"}, ready_after_s=0.5)
+    proc, art = _k8s_drill(tmp_path, "k8s-pod-delete", kubeconfig, urls["frontend"], f"""
+  - {{name: delete-worker-pod, kind: pod-delete, target: worker, namespace: ft, selector: "app=worker",
+     expect: 2, force: true, kubeconfig: "{kubeconfig}", trigger: {{after_requests: 10}}}}""")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((art / "summary.json").read_text())
+    (entry,) = summary["per_fault"]
+    assert entry["fault"]["status"] == "injected"
+    assert [p["name"] for p in entry["fault"]["detail"]["pods"]] == ["worker-a"]
+    assert entry["server_recovery_s"] is not None and 0.4 < entry["server_recovery_s"] < 30
+    assert (art / "deployment" / "logs" / "worker.log").is_file()
+
+
+def test_partition_drill_on_a_k8s_target_creates_and_deletes_its_networkpolicies(tmp_path, cluster):  # noqa: F811
+    fake, kubeconfig, urls, pids, run_dir = cluster
+    fake.add_pod("ft", "frontend-0", {"app": "frontend"})
+    proc, art = _k8s_drill(tmp_path, "k8s-partition", kubeconfig, urls["frontend"], """
+  - {name: cut-worker, kind: partition, target: worker, partition: frontend_worker, duration_s: 1.5,
+     trigger: {after_requests: 5}}""")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((art / "summary.json").read_text())
+    (entry,) = summary["per_fault"]
+    fault = entry["fault"]
+    assert fault["status"] == "injected" and fault["detail"]["partition"] == "frontend_worker"
+    created = fake.requested("POST", "/networkpolicies")
+    assert len(created) == 2 and {r["body"]["spec"]["podSelector"]["matchLabels"]["app"] for r in created} == \
+        {"worker", "frontend"}
+    deleted = fake.requested("DELETE", "/networkpolicies/")
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in deleted) == sorted(r["body"]["metadata"]["name"]
+                                                                           for r in created)
+    assert not fake.policies  # none left
+    rollback = summary["rollbacks"][0]
+    assert rollback["ok"] and rollback["reason"] == "scheduled" and "2 rule(s) deleted" in rollback["action"]
+    journal = read_lines(str(art / "guardian.jsonl"))
+    assert journal[-1]["event"] == "end" and journal[-1]["reason"] == "closed" and journal[-1]["held"] == 0
+    assert not [e for e in journal if e["event"] == "lifted"]
