@@ -153,9 +153,9 @@ class Drill:
         t = self.scenario.target
         where = self.options.host or f"embedded {t.kind} deployment ({t.workers} workers, migration limit {t.migration_limit})"
         lines = [f"scenario {self.scenario.name}: target {where}"]
-        lab = self.deployment.network_lab if self.deployment is not None else None
-        if lab is not None:
-            lines += ["  " + line for line in lab.describe().splitlines()]
+        cutter = self.deployment.partitioner if self.deployment is not None else None
+        if cutter is not None:
+            lines += ["  " + line for line in cutter.describe().splitlines()]
         lines += [f"  fault {i + 1}: {f.describe()}" for i, f in enumerate(self.faults)]
         lines += [f"  check: {c.name}" for c in self.checks]
         return "\n".join(lines)

@@ -45,7 +45,7 @@ FIELDS = ("partition", "peers", "mode")
 
 
 class Partitioner(Protocol):
-    """What a deployment's `network_lab` is to this kind: `ftlocust.netns.NetworkLab` (rules in
+    """What a deployment's `partitioner` is to this kind: `ftlocust.netns.NetworkLab` (rules in
     network namespaces) or `ftlocust.k8s.networkpolicy.NetworkPolicyPartitioner` (NetworkPolicies;
     mode drop only, `reject` is refused by its `plan` in one line)."""
 
@@ -59,10 +59,10 @@ class Partitioner(Protocol):
 
 
 @runtime_checkable
-class NamespacedDeployment(Protocol):
-    """A deployment whose roles run in network namespaces of a `ftlocust.netns.NetworkLab`."""
+class PartitionableDeployment(Protocol):
+    """A deployment that can cut traffic between its roles (network namespaces, NetworkPolicies)."""
 
-    network_lab: Any  # its Partitioner, None when the deployment runs on loopback
+    partitioner: Any  # its Partitioner, None when it cannot (a deployment on loopback)
 
     def roles(self) -> list[str]: ...
     def worker_roles(self) -> list[str]: ...
@@ -87,7 +87,7 @@ class PartitionFault(Fault):
         self.custom_peers: list[str] = list(peers or [])
         self.target: Target | None = None
         self._lab = None
-        self._deployment: NamespacedDeployment | None = None
+        self._deployment: PartitionableDeployment | None = None
         self._planned: list = []  # netns.Partition, in place once injected
         self._lifted = False
 
@@ -95,13 +95,13 @@ class PartitionFault(Fault):
 
     def preflight(self, ctx: FaultContext) -> None:
         deployment = ctx.deployment
-        if not isinstance(deployment, NamespacedDeployment) or (deployment.network_lab is None and not ctx.dry_run):
+        if not isinstance(deployment, PartitionableDeployment) or (deployment.partitioner is None and not ctx.dry_run):
             raise ConfigError(f"{self.field('kind')}: partition needs a deployment in network namespaces "
                               f"(a reference or dynamo target with target.options.network: netns) or a k8s target")
         if self.spec.target.startswith(("pid:", "pidfile:")):
             raise ConfigError(f"{self.where}.target: a partition cuts a role of the deployment, not a pid")
         self._deployment = deployment
-        self._lab = deployment.network_lab
+        self._lab = deployment.partitioner
         self.target = resolve_target(self.spec, ctx, self.where)
         workers = deployment.worker_roles()
         if self.target.role is not None and self.partition in ("worker_worker", "worker_nats") and self.target.role not in workers:

@@ -37,7 +37,7 @@ class Deployment(Protocol):
     frontend_role: str
     events_path: str | None  # the deployment's own ground-truth event log, if it keeps one
     started_here: bool  # ftlocust started it (and stops it); False for a given --host
-    network_lab: Any  # its roles' network namespaces (ftlocust.netns.NetworkLab), None on loopback
+    partitioner: Any  # what cuts traffic between its roles (ftlocust.fault_kinds.partition.Partitioner), None: nothing
 
     def start(self) -> Any: ...  # blocks until the model is listed and one request succeeded
     def stop(self) -> None: ...  # only what it started, by PID

@@ -21,7 +21,7 @@ from ftlocust.processes import ProcessRef
 
 class ExternalDeployment:
     started_here = False
-    network_lab = None  # its network is its own
+    partitioner = None  # its network is its own
     startup_s = None
     events_path = None
     frontend_role = "frontend"

@@ -27,7 +27,7 @@ with the last log read of each pod that has gone since (a deleted pod, at most
 The server view (`recovered(role)`): the role has as many Ready pods as at `start()`, none of
 them one seen deleted, and the frontend answers GET /v1/models with 200.
 
-`network_lab` is a `ftlocust.k8s.networkpolicy.NetworkPolicyPartitioner` over the roles'
+`partitioner` is a `ftlocust.k8s.networkpolicy.NetworkPolicyPartitioner` over the roles'
 selectors, so `partition` faults are NetworkPolicies (mode drop only). `registry_endpoint()` is
 None: Dynamo on Kubernetes discovers workers through NATS/etcd, which are not roles here, so
 `worker_nats` is refused.
@@ -92,7 +92,7 @@ class K8sDeployment:
         self.metrics = dict(metrics or {})
         self.log_dir = os.path.join(run_dir, "logs")
         self.kube: Any = None
-        self.network_lab: Any = None  # the NetworkPolicyPartitioner, once started
+        self.partitioner: Any = None  # the NetworkPolicyPartitioner, once started
         self.expected: dict[str, int] = {}  # role -> pods at start()
         self.known: dict[str, set[str]] = {}  # role -> names of pods seen live
         self.gone: dict[str, set[str]] = {}  # role -> names of pods seen live, then not (deleted)
@@ -128,7 +128,7 @@ class K8sDeployment:
             self.expected[role] = len(pods)
             self.known[role] = {p.metadata.name for p in pods}
             self.gone[role] = set()
-        self.network_lab = NetworkPolicyPartitioner(self.kube, self.namespace, self.services,
+        self.partitioner = NetworkPolicyPartitioner(self.kube, self.namespace, self.services,
                                                     where="partition")
         os.makedirs(self.log_dir, exist_ok=True)
         self.refresh_logs()

@@ -358,6 +358,11 @@ class NamespacedRoles:
 
             self.network_lab = NetworkLab(self.roles())
 
+    @property
+    def partitioner(self):
+        """The `Deployment` partitioner: the lab (None on loopback)."""
+        return self.network_lab
+
     def _host(self, role: str) -> str:
         return self.network_lab.address(role) if self.network_lab is not None else "127.0.0.1"
 

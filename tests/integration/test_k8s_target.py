@@ -82,7 +82,7 @@ def test_host_is_the_k8s_targets_frontend_and_roles_come_from_services(tmp_path,
     assert d.metrics_url("worker") is None and d.registry_endpoint() is None and d.process("worker") is None
     d.start()
     try:
-        assert d.expected == {"frontend": 1, "worker": 2} and d.network_lab.ready
+        assert d.expected == {"frontend": 1, "worker": 2} and d.partitioner.ready
         assert d.alive("worker") and d.pid("worker") is None
         with pytest.raises(ConfigError, match="use a pod-signal fault"):
             d.signal("worker", 15)

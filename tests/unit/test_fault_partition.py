@@ -33,7 +33,7 @@ class Deployment:
     started_here = True
 
     def __init__(self, lab=None, workers=2):
-        self.network_lab = lab
+        self.partitioner = lab
         self.workers = workers
 
     def roles(self):
