@@ -814,6 +814,6 @@ def _fault_window(p: dict, result: RunResult) -> tuple[bool, str]:
     if a["success"] < p["min_ok_after"]:
         problems.append(f"{a['success']} ok after it (need >= {p['min_ok_after']})")
     detail = (f"in effect {w['in_effect_s']:.2f} s; during: {d['count']} request(s), {d['failed']} failed, "
-              f"{d['stalled']} stalled (>= {w['stall_s']:g} s wait), {d['cut_streams']} cut; after: {a['count']}, "
+              f"{d['stalled']} stalled (>= {w['stall_s']:g} s more than usual), {d['cut_streams']} cut; after: {a['count']}, "
               f"{a['success']} ok, {a['failed']} failed, {a['stalled']} stalled")
     return not problems, ("; ".join(problems) + " — " + detail) if problems else detail

@@ -542,15 +542,35 @@ def _p50_sorted(xs: list[float]) -> float | None:
 DEFAULT_STALL_S = 1.0  # a wait this long for a first token or between two tokens is a stall
 
 
-def is_stalled(record: RequestRecord, stall_s: float = DEFAULT_STALL_S) -> bool:
-    """The request waited at least `stall_s` for its first token or between two tokens (a
-    partition or a hung worker holds a stream without cutting it); a non-stream: its latency."""
+def is_stalled(record: RequestRecord, stall_s: float = DEFAULT_STALL_S, baseline: "Baseline | None" = None) -> bool:
+    """The request waited `stall_s` longer than usual for its first token (a stream: the
+    baseline TTFT; nothing came at all: its whole wait counts), or at least `stall_s` between two
+    tokens, or — not a stream — `stall_s` longer than the baseline latency (a partition or a
+    hung worker holds a request without cutting it). Without a baseline, a usual TTFT is 0 and
+    a non-stream cannot be judged (never stalled): a long prefill or a long unary answer alone
+    is not a stall."""
+    baseline = baseline or Baseline()
     if record.stream:
-        gaps = [g for g in (record.ttft_s, record.itl_max_s) if g is not None]
-        if record.first_token_wall is None:  # nothing came at all: the whole wait is the gap
-            gaps.append(latency_of(record))
-        return any(g >= stall_s for g in gaps)
-    return latency_of(record) >= stall_s
+        first = record.ttft_s if record.first_token_wall is not None else latency_of(record)
+        return ((first is not None and first >= baseline.ttft_s + stall_s)
+                or (record.itl_max_s is not None and record.itl_max_s >= stall_s))
+    return baseline.latency_s is not None and latency_of(record) >= baseline.latency_s + stall_s
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What is usual before a fault: the p50 TTFT of streams and the p50 latency of other
+    requests that succeeded and ended before it (`of`)."""
+
+    ttft_s: float = 0.0
+    latency_s: float | None = None
+
+    @classmethod
+    def of(cls, records: Iterable[RequestRecord], before: float) -> "Baseline":
+        ok = [r for r in records if r.outcome == OK and r.end_wall <= before]
+        ttft = percentile([r.ttft_s for r in ok if r.stream and r.ttft_s is not None], 50)
+        latency = percentile([latency_of(r) for r in ok if not r.stream], 50)
+        return cls(ttft_s=ttft or 0.0, latency_s=latency)
 
 
 def window_stats(records: Iterable[RequestRecord], fault: FaultEvent, stall_s: float = DEFAULT_STALL_S) -> dict | None:
@@ -559,7 +579,7 @@ def window_stats(records: Iterable[RequestRecord], fault: FaultEvent, stall_s: f
 
     - `in_effect_s`: recovered_at - injected_at;
     - `during`: `stats` of the requests that overlapped [injected_at, recovered_at), plus
-      `stalled` (`is_stalled`);
+      `stalled` (`is_stalled`, against the `Baseline` of the requests that ended before it);
     - `after_end`: the same for the requests that started at or after recovered_at.
 
     None for a fault that was not injected or whose effect did not end (a SIGKILL)."""
@@ -567,11 +587,13 @@ def window_stats(records: Iterable[RequestRecord], fault: FaultEvent, stall_s: f
         return None
     records = list(records)
     start, end = fault.injected_at, fault.recovered_at
+    baseline = Baseline.of(records, start)
     during = [r for r in records if r.start_wall < end and r.end_wall > start]
     after = [r for r in records if r.start_wall >= end]
-    out = {"in_effect_s": end - start, "stall_s": stall_s}
+    out = {"in_effect_s": end - start, "stall_s": stall_s,
+           "baseline": {"ttft_s": baseline.ttft_s, "latency_s": baseline.latency_s}}
     for key, group in (("during", during), ("after_end", after)):
-        out[key] = {**stats(group), "stalled": sum(1 for r in group if is_stalled(r, stall_s))}
+        out[key] = {**stats(group), "stalled": sum(1 for r in group if is_stalled(r, stall_s, baseline))}
     return out
 
 

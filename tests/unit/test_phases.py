@@ -634,3 +634,18 @@ def test_window_table_lists_only_faults_with_an_end():
     assert table[2].split() == ["cut", "2.00", "0", "1", "1", "0", "1", "0", "0"]
     assert results_table([s]).endswith("\n".join(table) + "\n")
     assert window_table([build_summary("y", analyse(records, faults[:1]), 1.0, [])]) == ""
+
+
+def test_a_stall_is_judged_against_what_was_usual_before_the_fault():
+    from ftlocust.phases import Baseline, is_stalled
+
+    before = [rec(90.0, 93.0, ttft_s=1.5, itl_max_s=0.05, first_token_wall=91.5),  # a long prefill, usual
+              rec(90.0, 92.0, stream=False, kind="completion", latency_s=2.0)]
+    base = Baseline.of(before, T_F)
+    assert base == Baseline(ttft_s=1.5, latency_s=2.0)
+    assert not is_stalled(rec(101.0, 104.0, ttft_s=1.6, itl_max_s=0.05, first_token_wall=102.6), baseline=base)
+    assert is_stalled(rec(101.0, 105.0, ttft_s=2.6, itl_max_s=0.05, first_token_wall=103.6), baseline=base)
+    assert is_stalled(rec(101.0, 104.0, ttft_s=0.1, itl_max_s=1.2, first_token_wall=101.1), baseline=base)
+    unary = dict(stream=False, kind="completion")
+    assert not is_stalled(rec(101.0, 103.5, **unary), baseline=base) and is_stalled(rec(101.0, 104.5, **unary), baseline=base)
+    assert not is_stalled(rec(101.0, 120.0, **unary))  # no baseline: a long unary answer is not judged a stall
