@@ -16,7 +16,6 @@ back, without yielding to other greenlets in between.
 Rules are plain dicts (JSON-able, so a guardian process can undo them from a file):
     {"priority": 1000, "src": "10.213.4.6", "dst": "10.213.4.10", "action": "blackhole",
      "ip_proto": 6, "dport": 8000}          # ip_proto/sport/dport optional
-    {"link": "ftlab12r1"}                   # a link set down (undone by setting it up)
 Rules added here carry FRA_PROTOCOL = RULE_PROTOCOL so `dump_rules` can tell them apart.
 Constants are from include/uapi/linux/{netlink,rtnetlink,fib_rules,if_link,if_addr}.h.
 """
@@ -178,18 +177,14 @@ class Netlink:
             raise errors[0]
 
     def delete_rules(self, rules: list[dict]) -> int:
-        """Delete these rules (a "link" entry is set up again); gone already is fine. Returns how many."""
-        links = [r["link"] for r in rules if "link" in r]
-        for name in links:
-            self.set_link(name, up=True)
-        fib = [r for r in rules if "link" not in r]
-        if not fib:
-            return len(links)
-        results = self.batch([(RTM_DELRULE, 0, encode_rule(r)) for r in fib])
+        """Delete these rules; gone already is fine. Returns how many were still there."""
+        if not rules:
+            return 0
+        results = self.batch([(RTM_DELRULE, 0, encode_rule(r)) for r in rules])
         for res in results:
             if isinstance(res, OSError) and res.errno not in (errno.ENOENT, errno.ESRCH):
                 raise res
-        return len(links) + sum(not isinstance(res, OSError) for res in results)
+        return sum(not isinstance(res, OSError) for res in results)
 
     def dump_rules(self, protocol: int | None = RULE_PROTOCOL) -> list[dict]:
         """IPv4 rules of this namespace (only those with FRA_PROTOCOL == protocol unless None)."""
@@ -297,7 +292,7 @@ def decode_rule(body: bytes) -> dict:
 
 
 def delete_rules(netns: str, rules: list[dict]) -> int:
-    """From any process: undo these rules (and downed links) in the namespace named netns.
+    """From any process: undo these rules in the namespace named netns.
 
     Returns how many were still there; a namespace already gone counts as nothing to do."""
     try:

@@ -282,17 +282,6 @@ def test_partitions_are_listed_exactly(lab):
 
 
 @needs_netns
-def test_link_down_cuts_a_role_from_all(lab, serve):
-    serve(lab, "frontend")
-    part = lab.block("worker-1", mode="link-down")
-    assert "state DOWN" in ip("-n", lab.router, "link", "show", part.rules[0]["link"])
-    assert times_out(lab, "worker-1", "frontend")
-    assert echoes(lab, "worker-2", "frontend")
-    lab.unblock(part)
-    assert echoes(lab, "worker-1", "frontend")  # the connected route came back with the link
-
-
-@needs_netns
 def test_a_guardian_process_undoes_a_partition(lab, serve):
     serve(lab, "frontend")
     part = lab.block("worker-1", "frontend")
