@@ -24,8 +24,9 @@ was asked). SIGTERM and SIGINT reach pid 1 only if it handles them (Python handl
 
 Preflight loads and warms up the client, selects the pod, and lists the container's processes
 (one exec of a POSIX `sh` script reading /proc): the process is resolved BEFORE the trigger. The
-fault is one exec of `kill -s NAME PID` (no local process is started; the exec goes over the
-client's WebSocket). Later occurrences of a `repeat` find the process again when they fire (the
+fault is one exec of `kill -s NAME PID`, sent only if PID still has the start time it was
+listed with (a process that exited and whose pid was reused is not signalled: the fault fails);
+no local process is started, the exec goes over the client's WebSocket. Later occurrences of a `repeat` find the process again when they fire (the
 signalled one was replaced). An API failure or a failed kill at injection raises (the drill
 records the fault as failed). Not reversible. The event's detail: `pod`, `uid`, `node`,
 `container`, `process`, `pid` (in the container), `signal`, `requested_signal`, `note`.
@@ -148,14 +149,14 @@ class PodSignalFault(Fault):
             self._resolve(RuntimeError)
         signal_in_pod(self.kube, namespace=self.pods_spec.namespace, pod=self.pod.metadata.name,
                       container=self.container_name, pid=self.pid, signal_name=self.signal_name,
-                      timeout_s=EXEC_TIMEOUT_S, where=self.where)
+                      start_time=self.found.start_time, timeout_s=EXEC_TIMEOUT_S, where=self.where)
         injected_at = time.time()
         log.info("injected %s on %s%s", self.signal_name, self._what(), f" ({self._note()})" if self._note() else "")
         self.event = FaultEvent(name=self.name, kind=self.kind, target=self.spec.target, injected_at=injected_at,
                                 detail={"pod": self.pod.metadata.name, "uid": self.pod.metadata.uid,
                                         "node": self.pod.spec.node_name, "namespace": self.pods_spec.namespace,
                                         "container": self.container_name, "process": self.process or self.found.argv0,
-                                        "pid": self.pid, "signal": self.signal_name,
+                                        "pid": self.pid, "start_time": self.found.start_time, "signal": self.signal_name,
                                         "requested_signal": self.requested_signal, "note": self._note() or None})
         return self.event
 

@@ -1,8 +1,11 @@
 """Commands in a container over the API's exec WebSocket (no local process is started).
 
-The kinds send exactly two commands, both through the container's `sh` (POSIX; busybox will do):
-`PROCESS_LIST` (every process the container sees: `pid<TAB>comm<TAB>argv0`) and
-`kill -s NAME PID`. A container without `sh` (distroless) cannot be signalled this way.
+The kinds send exactly two commands, both through the container's `sh` (POSIX, with cat, sed,
+tr and head; busybox will do):
+- `PROCESS_LIST`: every process the container sees, `pid<TAB>starttime<TAB>comm<TAB>argv0`;
+- `kill_command`: `kill -s NAME PID`, only if PID still has the start time seen when it was
+  listed (a pid reused by another process between the listing and the fault is not signalled).
+A container without `sh` (distroless) cannot be signalled this way.
 """
 
 from __future__ import annotations
@@ -16,22 +19,35 @@ from ftlocust.processes import name_matches
 
 ERROR_CHANNEL, STDOUT_CHANNEL, STDERR_CHANNEL = 3, 1, 2
 
-# pid, comm and argv[0] of every process in the container's pid namespace, one per line.
+# The start time (field 22 of /proc/PID/stat, in clock ticks since boot) of $1's process, as $st.
+# The stat line is "pid (comm) state ..."; comm may hold spaces and ")", so everything up to the
+# last ") " goes first, and the start time is then the 20th field.
+_START_TIME = "s=$(sed 's/.*) //' \"/proc/$1/stat\" 2>/dev/null) || exit 3; set -- $s; st=${20}"
+
+# pid, start time, comm and argv[0] of every process in the container's pid namespace, one per line.
 PROCESS_LIST = (
     "for d in /proc/[0-9]*; do "
     "n=$(cat \"$d/comm\" 2>/dev/null) || continue; "
+    "s=$(sed 's/.*) //' \"$d/stat\" 2>/dev/null) || continue; "
     "a=$(tr '\\000' '\\n' < \"$d/cmdline\" 2>/dev/null | head -n 1); "
-    "printf '%s\\t%s\\t%s\\n' \"${d#/proc/}\" \"$n\" \"$a\"; "
+    "set -- $s; "
+    "printf '%s\\t%s\\t%s\\t%s\\n' \"${d#/proc/}\" \"${20}\" \"$n\" \"$a\"; "
     "done"
 )
 SIGNAL_NAMES = ("KILL", "TERM", "INT", "STOP", "CONT", "HUP", "QUIT", "USR1", "USR2")
+NOT_THAT_PROCESS = 3  # kill_command's exit code when PID is gone or is another process now
 
 
-def kill_command(pid: int, signal_name: str) -> list[str]:
+def kill_command(pid: int, signal_name: str, start_time: int | None = None) -> list[str]:
+    """`sh -c` argv sending NAME to PID; with `start_time`, only if PID still is that process
+    (else exit NOT_THAT_PROCESS, nothing sent)."""
     name = signal_name.upper().removeprefix("SIG")
     if name not in SIGNAL_NAMES or not isinstance(pid, int) or pid < 1:
         raise ValueError(f"kill -s {signal_name} {pid}: expected a signal of {', '.join(SIGNAL_NAMES)} and a pid >= 1")
-    return ["sh", "-c", f"kill -s {name} {pid}"]
+    if start_time is None:
+        return ["sh", "-c", f"kill -s {name} {pid}"]
+    check = _START_TIME.replace("$1", str(pid))
+    return ["sh", "-c", f'{check}; [ "$st" = {int(start_time)} ] || exit {NOT_THAT_PROCESS}; kill -s {name} {pid}']
 
 
 def run_in_pod(kube: Kube, *, namespace: str, pod: str, container: str | None, argv: list[str],
@@ -79,6 +95,7 @@ class PodProcess:
     pid: int
     comm: str
     argv0: str
+    start_time: int | None = None  # clock ticks since boot: with pid, the process's identity
 
     def describe(self) -> str:
         return f"pid {self.pid} {self.argv0 or '[' + self.comm + ']'}"
@@ -94,9 +111,10 @@ def list_processes(kube: Kube, *, namespace: str, pod: str, container: str | Non
     found = []
     for line in out.splitlines():
         pid, _, rest = line.partition("\t")
+        start, _, rest = rest.partition("\t")
         comm, _, argv0 = rest.partition("\t")
         if pid.isdigit():
-            found.append(PodProcess(int(pid), comm, argv0))
+            found.append(PodProcess(int(pid), comm, argv0, int(start) if start.isdigit() else None))
     return sorted(found, key=lambda p: p.pid)
 
 
@@ -109,10 +127,15 @@ def find_processes(kube: Kube, *, namespace: str, pod: str, container: str | Non
 
 
 def signal_in_pod(kube: Kube, *, namespace: str, pod: str, container: str | None, pid: int, signal_name: str,
-                  timeout_s: float = 30.0, where: str = "exec") -> None:
-    """`kill -s NAME PID` in the container (its own pid numbers). KubeError when kill fails."""
-    argv = kill_command(pid, signal_name)
+                  start_time: int | None = None, timeout_s: float = 30.0, where: str = "exec") -> None:
+    """`kill -s NAME PID` in the container (its own pid numbers); with `start_time`, only if PID
+    is still the process listed with it. KubeError when nothing was sent."""
+    argv = kill_command(pid, signal_name, start_time)
     code, _, err = run_in_pod(kube, namespace=namespace, pod=pod, container=container, argv=argv,
                               timeout_s=timeout_s, where=where)
+    if code == NOT_THAT_PROCESS and start_time is not None:
+        raise KubeError(f"{where}: pid {pid} in pod {pod} is gone or is another process now (start time "
+                        f"{start_time} no longer matches): not signalled")
     if code != 0:
-        raise KubeError(f"{where}: {argv[2]!r} in pod {pod} exited {code}: {' '.join(err.split())[:160]}")
+        raise KubeError(f"{where}: kill -s {signal_name.upper().removeprefix('SIG')} {pid} in pod {pod} exited "
+                        f"{code}: {' '.join(err.split())[:160]}")

@@ -17,12 +17,13 @@ from ftlocust.errors import ConfigError
 from ftlocust.faults import FaultContext, build_fault
 from ftlocust.k8s import client as kc
 from ftlocust.k8s.client import KubeError
-from ftlocust.k8s.exec import run_in_pod, signal_in_pod
+from ftlocust.k8s.exec import kill_command, run_in_pod, signal_in_pod
 from ftlocust.k8s.networkpolicy import NetworkPolicyPartitioner
 from ftlocust.k8s.pods import pod_logs, wait_for_replacement
 from ftlocust.scenario import FaultSpec, TriggerSpec
 from tests.support.fake_kube import FakeKube
 from tests.support.process_tree import tree  # noqa: F401 (fixture)
+from tests.support.procfs import start_time
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -271,10 +272,11 @@ def test_pod_signal_finds_the_process_by_name_and_kills_it(fake, kubeconfig, tre
     event = f.inject(FaultContext())
     assert fake.signals == [(engine, signal.SIGKILL)]
     execs = [r["query"]["command"] for r in fake.requested("GET", "/exec")]
-    assert execs[-1] == ["sh", "-c", f"kill -s KILL {engine}"]
+    start = f.found.start_time
+    assert start == start_time(engine) and execs[-1] == kill_command(engine, "SIGKILL", start)
     assert event.detail == {"pod": "decode-0", "uid": pod.uid, "node": "node-1", "namespace": NS,
-                            "container": "main", "process": "VLLM::EngineCore", "pid": engine, "signal": "SIGKILL",
-                            "requested_signal": "SIGKILL", "note": None}
+                            "container": "main", "process": "VLLM::EngineCore", "pid": engine, "start_time": start,
+                            "signal": "SIGKILL", "requested_signal": "SIGKILL", "note": None}
     from tests.support.procfs import gone, wait
     assert wait(lambda: gone(engine), 5)
     assert t.proc.poll() is None and not gone(other)
@@ -307,7 +309,7 @@ def test_pod_signal_sigkill_to_pid_1_becomes_sigint_and_says_so(fake, kubeconfig
     event = f.inject(FaultContext())
     assert event.detail["signal"] == "SIGINT" and event.detail["requested_signal"] == "SIGKILL"
     assert event.detail["note"].startswith("SIGINT instead of SIGKILL")
-    assert fake.requested("GET", "/exec")[-1]["query"]["command"] == ["sh", "-c", "kill -s INT 1"]
+    assert fake.requested("GET", "/exec")[-1]["query"]["command"] == kill_command(1, "INT", start_time(main.pid))
     assert main.wait(5) in (-signal.SIGINT, 1, 130)  # KeyboardInterrupt
 
 
@@ -331,11 +333,27 @@ def test_pod_signal_kill_failing_at_injection_raises(fake, kubeconfig, tree):
     assert wait(lambda: gone(t.children[0]), 5)
     with pytest.raises(KubeError) as e:
         f.inject(FaultContext())
-    assert _one_line(e.value) == (f"f: 'kill -s KILL {t.children[0]}' in pod decode-0 exited 1: sh: kill: "
-                                  f"({t.children[0]}) - No such process")
+    assert _one_line(e.value) == (f"f: pid {t.children[0]} in pod decode-0 is gone or is another process now "
+                                  f"(start time {f.found.start_time} no longer matches): not signalled")
+    assert fake.signals == []
     fake.fail("create", "pods/exec", status=500)
     with pytest.raises(KubeError, match=r"^f: create pods/exec in namespace ft failed: 500 Internal Server Error"):
         f.inject(FaultContext())
+
+
+def test_a_process_with_another_start_time_is_not_signalled(fake, kubeconfig, tree):
+    """A pid reused by another process between the listing and the fault: nothing is sent."""
+    t = tree("VLLM::EngineCore")
+    fake.add_pod(NS, "decode-0", {"app": "decode"}, process=t.proc)
+    kube = kc.load(kubeconfig)
+    engine = t.children[0]
+    with pytest.raises(KubeError, match=f"pid {engine} in pod decode-0 is gone or is another process now"):
+        signal_in_pod(kube, namespace=NS, pod="decode-0", container=None, pid=engine, signal_name="SIGKILL",
+                      start_time=start_time(engine) + 1)
+    assert fake.signals == [] and t.proc.poll() is None
+    signal_in_pod(kube, namespace=NS, pod="decode-0", container=None, pid=engine, signal_name="SIGKILL",
+                  start_time=start_time(engine))
+    assert fake.signals == [(engine, signal.SIGKILL)]
 
 
 def test_exec_of_anything_else_is_exit_127_and_logs(fake, kubeconfig, procs):

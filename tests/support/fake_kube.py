@@ -34,8 +34,9 @@ after a delay, optionally backed by a process from `factory`).
 
 Exec never runs a command on this machine. It understands exactly what ftlocust's kinds send —
 `sh -c <ftlocust.k8s.exec.PROCESS_LIST>` (answered with the backing process tree as the
-container would see it: the backing process is pid 1, its descendants keep their real pids) and
-`sh -c 'kill -s NAME PID'` (a signal only to a process of that pod's tree, pid 1 mapped to the
+container would see it: the backing process is pid 1, its descendants keep their real pids and
+start times) and `kill_command`'s `sh -c '[start-time check;] kill -s NAME PID'` (a signal
+only to a process of that pod's tree whose start time still matches, pid 1 mapped to the
 backing process; like the kernel, SIGKILL and SIGSTOP to pid 1 sent from inside its pid
 namespace are ignored) — and answers anything else with exit code 127.
 
@@ -58,9 +59,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ftlocust.k8s.exec import PROCESS_LIST
+from ftlocust.k8s.exec import NOT_THAT_PROCESS, PROCESS_LIST, kill_command
+from tests.support.procfs import start_time
 
-_KILL = re.compile(r"kill -s ([A-Z0-9]+) (\d+)")
+_KILL = re.compile(r"(?:.*\[ \"\$st\" = (\d+) \] \|\| exit \d+; )?kill -s ([A-Z0-9]+) (\d+)")
 
 
 def _now() -> str:
@@ -523,16 +525,21 @@ class FakeKube:
         if script == PROCESS_LIST:
             lines = []
             for cpid, real in sorted(view.items()):
-                info = _comm_argv0(real)
-                if info:
-                    lines.append(f"{cpid}\t{info[0]}\t{info[1]}\n")
+                info, start = _comm_argv0(real), start_time(real)
+                if info and start is not None:
+                    lines.append(f"{cpid}\t{start}\t{info[0]}\t{info[1]}\n")
             return 0, "".join(lines), ""
         m = _KILL.fullmatch(script)
         if m:
-            name, cpid = m.group(1), int(m.group(2))
+            start, name, cpid = m.group(1), m.group(2), int(m.group(3))
             sig = getattr(signal, "SIG" + name, None)
             if sig is None:
                 return 1, "", f"sh: kill: {name}: invalid signal specification\n"
+            if start is not None:  # the identity check: exactly what ftlocust sends, then as sh would run it
+                if script != kill_command(cpid, name, int(start))[2]:
+                    return 127, "", "sh: fake API server runs only ftlocust's commands\n"
+                if cpid not in view or start_time(view[cpid]) != int(start):
+                    return NOT_THAT_PROCESS, "", ""
             if cpid not in view:
                 return 1, "", f"sh: kill: ({cpid}) - No such process\n"
             if cpid == 1 and sig in (signal.SIGKILL, signal.SIGSTOP):

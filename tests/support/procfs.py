@@ -12,6 +12,15 @@ def state(pid: int) -> str | None:
     return raw[raw.rindex(")") + 2]
 
 
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/pid/stat (clock ticks since boot); None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(")") + 2:].split()[19])
+
+
 def gone(pid: int) -> bool:
     return state(pid) in (None, "Z", "X")
 
