@@ -35,6 +35,7 @@ from ftlocust.records import RequestLog, RequestRecord
 from ftlocust.scenario import Scenario, apply_overrides, validate_triggers
 
 log = logging.getLogger("ftlocust.drill")
+INJECTION_GRACE_S = 30.0  # how long the end of a run waits for an injection under way
 
 
 @dataclass
@@ -84,13 +85,15 @@ class Drill:
         self._fired: set[int] = set()
         self._injection_order: list[Fault] = []
         self._greenlets: list[gevent.Greenlet] = []
+        self._injecting: set[str] = set()  # faults whose inject() is running
         self._finished = False
         self.late_records = 0
         self.misnamed = 0  # requests whose Locust row name carries another phase than the master's
         self._fire_counts: dict[int, int] = {}
         self.guardian: guardian.Guardian | None = None
         self.ctx = FaultContext(artifacts_dir=options.artifacts_dir, dry_run=options.dry_run,
-                                resolve_serving=self._resolve_serving)
+                                resolve_serving=self._resolve_serving,
+                                probe_request_id=lambda: self.probe_request_id)
 
     # ---------------------------------------------------------------- setup (before load)
     def setup(self, deployment=None) -> None:
@@ -254,6 +257,7 @@ class Drill:
         self._fire(index)
 
     def _run_fault(self, fault: Fault) -> None:
+        self._injecting.add(fault.name)
         try:
             event = fault.inject(self.ctx)
         except Exception as e:  # a failed injection is a result (the verdict says so), not a crash
@@ -263,6 +267,8 @@ class Drill:
             if self.ctx.holds.get(fault.name):  # it got as far as guarding an effect: undo what it did
                 self._recover(fault, "failed injection")
             return
+        finally:
+            self._injecting.discard(fault.name)
         fault.event = event
         self._injection_order.append(fault)
         event.detail["finished_requests_at_trigger"] = self._fire_counts.get(self.faults.index(fault))
@@ -309,7 +315,7 @@ class Drill:
         deadline = injected_at + 600
         while not self._finished and time.time() < deadline:
             try:
-                recovered = self.deployment.recovered(role)
+                recovered = fault.server_recovered(self.ctx)
             except Exception as e:  # a refused health poll just means "not yet"
                 log.debug("health poll: %s", e)
                 recovered = False
@@ -325,6 +331,7 @@ class Drill:
     def _resolve_serving(self) -> str | None:
         if self.probe_request_id is None:
             return None
+        self.deployment.refresh_evidence()  # a k8s target's log files: now, not at the next poll
         logs = {role: path for role in self.deployment.worker_roles() if (path := self.deployment.log_path(role))}
         return evidence.find_serving_role(logs, self.probe_request_id, timeout_s=5.0)
 
@@ -366,12 +373,22 @@ class Drill:
         self._finished = True
         if self.request_log is not None:  # the log and the summary count the same requests
             self.request_log.close()
+        # An injection under way finishes first (bounded): killed halfway, it would be reported
+        # as never fired while its effect stays in place.
+        deadline = time.monotonic() + INJECTION_GRACE_S
+        while self._injecting and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        if self._injecting:
+            log.error("fault(s) %s still being injected %.0f s after the run ended: stopped (the guardian "
+                      "keeps what they held)", ", ".join(sorted(self._injecting)), INJECTION_GRACE_S)
         for g in self._greenlets:
             g.kill(block=False)
         for fault in reversed(self._injection_order):
             self._recover(fault, "end of run")
         log_paths: dict[str, str] = {}
         try:
+            if self.deployment is not None:
+                self.deployment.refresh_evidence()
             self.metrics_after = self._snapshot_metrics("after")
             log_paths = self._log_paths()
             evidence.collect_logs(log_paths, self.options.artifacts_dir)

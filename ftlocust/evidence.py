@@ -329,7 +329,10 @@ def scrape(url: str, timeout_s: float = 5.0) -> MetricsSnapshot:
     """GET `url` and parse it. Raises `requests.RequestException` on a network or HTTP error
     and `ValueError` on text that is not Prometheus exposition format."""
     response = requests.get(url, timeout=timeout_s)
-    response.raise_for_status()
+    if response.status_code >= 400:  # the body often says why (a k8s role's pod that did not answer)
+        why = " ".join(response.text.split())[:300]
+        raise requests.HTTPError(f"{response.status_code} {response.reason} for {url}" + (f": {why}" if why else ""),
+                                 response=response)
     return MetricsSnapshot(response.text, source=url)
 
 

@@ -14,6 +14,7 @@ and explicit hooks the drill asks instead of reaching into a kind:
 
     affected_role()         the deployment role the fault hit (after inject): the server view
                             waits until the deployment serves without it or with its replacement
+    server_recovered(ctx)   that server view, polled (default: deployment.recovered(role))
     scheduled_recovery_s()  seconds after injection at which the drill calls recover() early
                             (default: the spec's `duration_s`)
     reversible              the effect lasts until recover() lifts it (a stopped process, a
@@ -66,6 +67,7 @@ class FaultContext:
     dry_run: bool = False
     # The worker role serving the probe request (from the worker logs), or None; set by the drill.
     resolve_serving: Callable[[], str | None] | None = None
+    probe_request_id: Callable[[], str | None] | None = None  # the probe's server-side id, once known
     extra: dict = field(default_factory=dict)
     guardian: Any = None  # ftlocust.guardian.Guardian; None: no guardian (a kind used on its own)
     holds: dict[str, list[int]] = field(default_factory=dict)  # fault name -> guardian hold ids
@@ -204,6 +206,13 @@ class Fault:
 
     def affected_role(self) -> str | None:
         return None
+
+    def server_recovered(self, ctx: FaultContext) -> bool | None:
+        """The server view, polled after injection: the deployment serves again without the
+        faulted component or with its replacement (None: it cannot tell). Default: the
+        deployment's `recovered(affected_role())`; a kind that knows more says more."""
+        role = self.affected_role()
+        return None if role is None or ctx.deployment is None else ctx.deployment.recovered(role)
 
     def scheduled_recovery_s(self) -> float | None:
         return self.spec.duration_s

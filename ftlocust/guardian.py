@@ -408,4 +408,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m ftlocust.guardian` this file is `__main__`; an action's module imports
+    # `ftlocust.guardian` and registers there, so the guardian must run that module's code.
+    from ftlocust import guardian as _registry
+
+    sys.exit(_registry.main())

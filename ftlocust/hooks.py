@@ -87,6 +87,13 @@ def _add_flags(parser) -> None:
                    metavar="N", help="Workers of the embedded deployment")
     g.add_argument("--ft-target-migration-limit", env_var="FTLOCUST_TARGET_MIGRATION_LIMIT", type=run_flag_type("ft_target_migration_limit"),
                    default=None, metavar="N", help="Migration limit of the embedded deployment (0 = off)")
+    k = parser.add_argument_group("ftlocust kubernetes", "A k8s target (target.kind: k8s): where its pods are")
+    k.add_argument("--ft-k8s-namespace", env_var="FTLOCUST_K8S_NAMESPACE", default=None, metavar="NS",
+                   help="The one namespace of the target's pods (target.options.namespace)")
+    k.add_argument("--ft-k8s-graph", env_var="FTLOCUST_K8S_GRAPH", default=None, metavar="NAME",
+                   help="A DynamoGraphDeployment whose pods' labels give the roles (target.options.dynamo_graph)")
+    k.add_argument("--ft-k8s-context", env_var="FTLOCUST_K8S_CONTEXT", default=None, metavar="CONTEXT",
+                   help="The kubeconfig context (target.options.context; the file is $KUBECONFIG or ~/.kube/config)")
     g.add_argument("--ft-target-token-delay", env_var="FTLOCUST_TARGET_TOKEN_DELAY", type=run_flag_type("ft_target_token_delay"), default=None,
                    metavar="S", help="Seconds per generated token on the reference deployment's workers")
 
@@ -128,6 +135,9 @@ def _drill_options(environment, opts) -> DrillOptions:
         "workers": opts.ft_target_workers,
         "migration_limit": opts.ft_target_migration_limit,
         "token_delay_s": opts.ft_target_token_delay,
+        "namespace": getattr(opts, "ft_k8s_namespace", None),
+        "dynamo_graph": getattr(opts, "ft_k8s_graph", None),
+        "context": getattr(opts, "ft_k8s_context", None),
     }
     return DrillOptions(
         artifacts_dir=_artifacts_dir(opts),

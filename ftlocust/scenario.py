@@ -292,6 +292,10 @@ def plugins_from_list(data: Any, where: str) -> list[str]:
 # --- the scenario with the flags ------------------------------------------------------------------
 
 
+# target overrides that are a k8s target's options, by the flag that gives them
+K8S_FLAGS = {"namespace": "--ft-k8s-namespace", "dynamo_graph": "--ft-k8s-graph", "context": "--ft-k8s-context"}
+
+
 def apply_overrides(scenario: Scenario, *, target_overrides: dict[str, Any], recovery_window_s: Any = None,
                     fault_after_requests: Any = None, fault_after_seconds: Any = None,
                     target_kind: str | None = None) -> Scenario:
@@ -299,8 +303,8 @@ def apply_overrides(scenario: Scenario, *, target_overrides: dict[str, Any], rec
 
     - `target_kind` (`--ft-target`): another kind than the scenario's drops its `target.options`
       (they were for the deployment it named); an external target's processes cannot move.
-    - `target_overrides`: `workers`, `migration_limit`, `token_delay_s` (reference only), and any
-      other key as a target option; None values are not given.
+    - `target_overrides`: `workers`, `migration_limit`, `token_delay_s` (reference only),
+      `K8S_FLAGS` (k8s only), and any other key as a target option; None values are not given.
     - `recovery_window_s` (`--ft-recovery-window`): replaces `stop.recovery_window_s`.
     - `fault_after_requests` / `fault_after_seconds`: replace the first fault's trigger (one of
       them; the trigger's `source` names the flag).
@@ -331,6 +335,10 @@ def apply_overrides(scenario: Scenario, *, target_overrides: dict[str, Any], rec
                 raise v.error("--ft-target-token-delay", f"no value for a {t.kind} target (only the reference "
                                                          f"deployment has a token delay)", value)
             t.options[key] = value
+        elif key in K8S_FLAGS:
+            if t.kind != "k8s":
+                raise v.error(K8S_FLAGS[key], f"only for a k8s target (the scenario's target is {t.kind})", value)
+            t.options[key] = v.string(value, K8S_FLAGS[key])
         else:
             t.options[key] = value
     if recovery_window_s is not None:

@@ -7,12 +7,18 @@
 
 `target` is the role's name on the timeline (`decode_worker`): with a deployment that has that
 role, the drill's server view waits for it (`affected_role`); otherwise it is a label only.
+
+    - {kind: pod-delete, target: decode_worker, force: true, trigger: {after_requests: 20}}   # k8s target
+    - {kind: pod-delete, target: serving-worker, force: true, trigger: {mid_stream_chunks: 20}}
 The pods are named by the fields, never by name patterns:
 
-- `namespace` (required): the one namespace every call names; nothing outside it is touched.
-- `selector` (required): a label selector of the service's pods (`app=decode,component=worker`).
-- `expect`: how many live pods the selector must match (default 1; its replica count): any
-  other number, zero included, is a one-line error at preflight.
+- `namespace`: the one namespace every call names; nothing outside it is touched.
+- `selector`: a label selector of the service's pods (`app=decode,component=worker`).
+  Against a k8s target give neither: `target` is then a role of the target (its selector,
+  namespace and client), or `serving-worker` (with `trigger.mid_stream_chunks`: when the fault
+  fires, the pod of the worker role whose log shows the probe request; one pod).
+- `expect`: how many live pods the selector must match (default 1, or the role's pod count at
+  start; its replica count): any other number, zero included, is a one-line error at preflight.
 - `pick`: `first` (by name, the default) or `random`, and `count` (default 1, at most `expect`):
   which pods are deleted.
 - `force`: delete with grace period 0 (the seed's `pod.delete(force=True)`: no graceful
@@ -52,7 +58,7 @@ class PodDeleteFault(Fault):
 
     def validate(self) -> None:
         params = mapping(self.spec.params, self.where, FIELDS)
-        self.pods_spec = PodFields.parse(params, self.field)
+        self.pods_spec = PodFields.parse(params, self.field, self.spec.target)
         self.pick = choice(params.get("pick", "first"), self.field("pick"), ("first", "random"))
         self.count = int(number(params.get("count", 1), self.field("count"), integer=True, minimum=1,
                                 maximum=self.pods_spec.expect))
@@ -66,7 +72,15 @@ class PodDeleteFault(Fault):
 
     def preflight(self, ctx: FaultContext) -> None:
         self._deployment = ctx.deployment
-        self.kube = self.pods_spec.connect(self.field)
+        self.kube = self.pods_spec.connect(ctx, self.field, self.spec.trigger)
+        if self.pods_spec.serving:
+            if self.count != 1 or self.pick != "first":
+                raise ConfigError(f"{self.field('count')}: serving-worker is the one pod serving the probe "
+                                  f"(no count, no pick)")
+            return  # found when it fires
+        if self.count > self.pods_spec.wanted:
+            raise ConfigError(f"{self.field('count')}: expected at most {self.pods_spec.wanted} (the pods of "
+                              f"{self.spec.target}), got {self.count}")
         self.victims = self._choose(self.pods_spec.select(self.kube, self.field))
 
     def _choose(self, pods: list) -> list:
@@ -84,19 +98,20 @@ class PodDeleteFault(Fault):
         if self.victims and self.occurrence == 1:
             from ftlocust.k8s.selection import describe_pod
 
-            which = ", ".join(describe_pod(p) for p in self.victims)
+            which = ", ".join(describe_pod(p) for p in self.victims) + f" of {self.spec.target} ({ps.describe()})"
+        elif ps.serving:
+            which = ps.describe()
         else:
-            which = (f"{self.count} of the {ps.expect} pod{'s' if ps.expect != 1 else ''} ({self.pick}) "
-                     f"selected when it fires")
-        return (f"delete {which} of {self.spec.target} (selector '{ps.selector}', namespace {ps.namespace}), "
-                f"{self._how()}, {self.spec.trigger.describe()}")
+            which = (f"{self.count} of the {ps.wanted} pod{'s' if ps.wanted != 1 else ''} ({self.pick}) of "
+                     f"{self.spec.target} ({ps.describe()}) selected when it fires")
+        return f"delete {which}, {self._how()}, {self.spec.trigger.describe()}"
 
     def inject(self, ctx: FaultContext) -> FaultEvent:
         from ftlocust.k8s.pods import delete_pod
 
         if self.occurrence > 1 or not self.victims:
             try:
-                self.victims = self._choose(self.pods_spec.select(self.kube, self.field))
+                self.victims = self._choose(self.pods_spec.select(self.kube, self.field, ctx=ctx))
             except ConfigError as e:  # at injection: the fault failed (one line), not the input
                 raise RuntimeError(str(e)) from None
         ps = self.pods_spec
@@ -110,7 +125,9 @@ class PodDeleteFault(Fault):
         log.info("injected pod-delete on %s: %s (%s)", self.spec.target, ", ".join(d["name"] for d in done),
                  self._how())
         self.event = FaultEvent(name=self.name, kind=self.kind, target=self.spec.target, injected_at=injected_at,
-                                detail={"pods": done, "namespace": ps.namespace, "selector": ps.selector,
+                                detail={"pods": done, "namespace": ps.namespace,
+                        "selector": ps.deployment.selector(ps.served_role) if ps.served_role else ps.selector,
+                        "role": role_of(self),
                                         "force": self.force, "grace_period_s": 0 if self.force else self.grace_period_s})
         return self.event
 

@@ -7,8 +7,9 @@
 
 `target` is the role's name on the timeline (as for `pod-delete`). Fields:
 
-- `namespace`, `selector`, `expect`, `kubeconfig`, `context`: as for `pod-delete` (`expect`
-  default 1); the first pod by name is signalled.
+- `namespace`, `selector`, `expect`, `kubeconfig`, `context`: as for `pod-delete` (against a
+  k8s target `target` alone may name the pods: a role, or `serving-worker`); the first pod by
+  name is signalled.
 - `container`: the container (default: the pod's first one).
 - `process`: a process name, matched as `process-signal`'s `child` is
   (`ftlocust.processes.descendants_named`: the first word of argv[0], or comm == the name's
@@ -28,8 +29,10 @@ fault is one exec of `kill -s NAME PID`, sent only if PID still has the start ti
 listed with (a process that exited and whose pid was reused is not signalled: the fault fails);
 no local process is started, the exec goes over the client's WebSocket. Later occurrences of a `repeat` find the process again when they fire (the
 signalled one was replaced). An API failure or a failed kill at injection raises (the drill
-records the fault as failed). Not reversible. The event's detail: `pod`, `uid`, `node`,
-`container`, `process`, `pid` (in the container), `signal`, `requested_signal`, `note`.
+records the fault as failed). Not reversible. The server view (`server_recovered`) waits for
+the signalled container to restart and be Ready again, or for the pod's replacement. The
+event's detail: `pod`, `uid`, `node`, `container`, `process`, `pid` (in the container),
+`start_time`, `signal`, `requested_signal`, `note`.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class PodSignalFault(Fault):
 
     def validate(self) -> None:
         params = mapping(self.spec.params, self.where, FIELDS)
-        self.pods_spec = PodFields.parse(params, self.field)
+        self.pods_spec = PodFields.parse(params, self.field, self.spec.target)
         name = str(params.get("signal", "SIGKILL")).upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
@@ -76,6 +79,7 @@ class PodSignalFault(Fault):
         self.pod = None
         self.pid: int | None = None
         self.found = None  # the PodProcess signalled
+        self.restarts_before = 0  # the container's restartCount when the process was found
 
     @property
     def signal_name(self) -> str:
@@ -92,16 +96,17 @@ class PodSignalFault(Fault):
 
     def preflight(self, ctx: FaultContext) -> None:
         self._deployment = ctx.deployment
-        self.kube = self.pods_spec.connect(self.field)
-        self._resolve(ConfigError)
+        self.kube = self.pods_spec.connect(ctx, self.field, self.spec.trigger)
+        if not self.pods_spec.serving:  # serving-worker: its pod is known when the fault fires
+            self._resolve(ConfigError)
 
-    def _resolve(self, raises: type[Exception]) -> None:
+    def _resolve(self, raises: type[Exception], ctx: FaultContext | None = None) -> None:
         from ftlocust.k8s.client import KubeError
         from ftlocust.k8s.exec import list_processes
         from ftlocust.processes import name_matches
 
         try:
-            pod = self.pods_spec.select(self.kube, self.field)[0]
+            pod = self.pods_spec.select(self.kube, self.field, ctx=ctx)[0]
         except ConfigError as e:
             raise raises(str(e)) from None
         containers = [c.name for c in pod.spec.containers]
@@ -127,13 +132,14 @@ class PodSignalFault(Fault):
                          f"{pod.metadata.name} (namespace {self.pods_spec.namespace}), found {matched}; "
                          f"processes: {seen or 'none'}")
         self.pod, self.container_name, self.found, self.pid = pod, container, found[0], found[0].pid
+        self.restarts_before = _restarts(pod, container)
 
     # -- the verbs ------------------------------------------------------------------------------
 
     def _what(self) -> str:
         ps = self.pods_spec
         if self.found is None:
-            return f"{self.process or 'pid 1'} in {self.spec.target} (selector '{ps.selector}', namespace {ps.namespace})"
+            return f"{self.process or 'pid 1'} in {self.spec.target} ({ps.describe()})"
         return (f"{self.found.describe()} in container {self.container_name} of pod {self.pod.metadata.name} "
                 f"(uid {self.pod.metadata.uid}, {self.spec.target}, namespace {ps.namespace})")
 
@@ -146,7 +152,7 @@ class PodSignalFault(Fault):
         from ftlocust.k8s.exec import signal_in_pod
 
         if self.occurrence > 1 or self.found is None:
-            self._resolve(RuntimeError)
+            self._resolve(RuntimeError, ctx)
         signal_in_pod(self.kube, namespace=self.pods_spec.namespace, pod=self.pod.metadata.name,
                       container=self.container_name, pid=self.pid, signal_name=self.signal_name,
                       start_time=self.found.start_time, timeout_s=EXEC_TIMEOUT_S, where=self.where)
@@ -165,3 +171,34 @@ class PodSignalFault(Fault):
 
     def affected_role(self) -> str | None:
         return role_of(self)
+
+    def server_recovered(self, ctx: FaultContext) -> bool | None:
+        """The signalled container restarted (its restartCount grew) and the pod is Ready again
+        — or the pod was replaced — and the deployment serves the role as at start. A process
+        that took the signal without exiting never shows a recovery (there was none to see)."""
+        from kubernetes.client.exceptions import ApiException
+
+        from ftlocust.k8s.selection import is_ready
+
+        role = self.affected_role()
+        if role is None or self.pod is None or ctx.deployment is None:
+            return None
+        try:
+            pod = self.kube.core.read_namespaced_pod(self.pod.metadata.name, self.pods_spec.namespace,
+                                                     _request_timeout=10)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return ctx.deployment.recovered(role)  # replaced: the deployment's view of the role
+        if pod.metadata.uid != self.pod.metadata.uid:
+            return ctx.deployment.recovered(role)
+        if _restarts(pod, self.container_name) <= self.restarts_before:
+            return False
+        return is_ready(pod) and ctx.deployment.recovered(role)
+
+
+def _restarts(pod, container: str) -> int:
+    for status in (pod.status.container_statuses or []) if pod.status is not None else []:
+        if status.name == container:
+            return status.restart_count or 0
+    return 0

@@ -179,9 +179,11 @@ class PartitionFault(Fault):
     def recover(self, ctx: FaultContext) -> str | None:
         if self._lifted or self.event is None:
             return None
-        self._lifted = True
+        # Lifted only once every cut is gone: a rollback that failed (the API down) is tried
+        # again at the end of the run, and the guardian keeps holding it until then.
         for partition in self._planned:
             self._lab.unblock(partition)
+        self._lifted = True
         self.event.recovered_at = time.time()
         what = f"lifted partition {self.event.target} ({sum(len(p.rules) for p in self._planned)} rule(s) deleted)"
         log.info("recovered %s: %s", self.name, what)

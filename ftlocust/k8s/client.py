@@ -35,6 +35,14 @@ class Kube:
     context: str | None
     host: str
 
+    def stream_api(self) -> Any:
+        """A CoreV1Api on a fresh ApiClient (same Configuration as `exec_core`), for one streaming
+        call (exec or port-forward): `kubernetes.stream` swaps that client's `call_api` meanwhile,
+        so concurrent streams must not share one."""
+        from kubernetes import client
+
+        return client.CoreV1Api(client.ApiClient(self.exec_core.api_client.configuration))
+
     def describe(self) -> str:
         source = f"kubeconfig {self.kubeconfig}" + (f" (context {self.context})" if self.context else "") \
             if self.kubeconfig else "in-cluster config"

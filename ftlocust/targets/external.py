@@ -48,6 +48,9 @@ class ExternalDeployment:
     def stop(self) -> None:
         """Nothing: ftlocust never stops what it did not start."""
 
+    def refresh_evidence(self) -> None:
+        """Nothing to do: the log files named are written by the deployment itself."""
+
     def roles(self) -> list[str]:
         return list(dict.fromkeys([*self.pid_targets, *self.metrics, *self.logs]))
 

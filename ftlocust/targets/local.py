@@ -316,6 +316,9 @@ class GroupProcesses:
 
     group: ProcessGroup
 
+    def refresh_evidence(self) -> None:
+        """Nothing to do: the processes write their log files themselves, as it happens."""
+
     def alive(self, role: str) -> bool:
         return self.group.alive(role)
 

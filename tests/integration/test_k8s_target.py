@@ -88,18 +88,24 @@ def test_host_is_the_k8s_targets_frontend_and_roles_come_from_services(tmp_path,
             d.signal("worker", 15)
     finally:
         d.stop()
-    explicit = _build(tmp_path, fake, frontend_url=frontend, frontend_role="worker", worker_roles=["frontend"])
+    explicit = _build(tmp_path, fake, frontend=frontend, frontend_role="worker", worker_roles=["frontend"])
     assert explicit.frontend_role == "worker" and explicit.worker_roles() == ["frontend"]
 
 
 @pytest.mark.parametrize("options, message", [
     ({"namespace": None}, "target.options.namespace: missing"),
-    ({"services": None}, "target.options.services: expected a mapping of role to label selector"),
+    ({"services": None}, "target.options: give exactly one of services"),
+    ({"services": []}, "target.options.services: expected a mapping of role to label selector"),
     ({"services": {"worker": "app=worker"}}, "target.options.services: no 'frontend' role"),
     ({"services": {"frontend": "app in (a,b)", "worker": "app=worker"}}, "expected an equality label selector"),
     ({"worker_roles": ["db"]}, "target.options.worker_roles: expected a list of roles of frontend, worker"),
     ({"log_poll_s": 0}, "target.options.log_poll_s: expected a number > 0"),
     ({"replicas": 2}, "target.options.replicas: unknown for a k8s deployment"),
+    ({"frontend_url": "http://x"}, "target.options.frontend_url: unknown for a k8s deployment"),
+    ({"dynamo_graph": "g"}, "target.options: give exactly one of services (role -> label selector) and dynamo_graph"),
+    ({"frontend_port": 0}, "target.options.frontend_port: expected an integer >= 1 and <= 65535, got 0"),
+    ({"metrics_port": {"worker": "x"}}, "target.options.metrics_port.worker: expected"),
+    ({"ready_timeout_s": -1}, "target.options.ready_timeout_s: expected a number > 0"),
 ])
 def test_bad_options_are_one_line(tmp_path, fake, frontend, options, message):
     with pytest.raises(ConfigError) as e:
@@ -107,10 +113,12 @@ def test_bad_options_are_one_line(tmp_path, fake, frontend, options, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_without_host_or_frontend_url_it_says_so_and_a_selector_of_no_pods_fails_start(tmp_path, fake, frontend):
-    with pytest.raises(ConfigError, match="target.options.frontend_url: missing: give --host"):
-        _build(tmp_path, fake)
-    d = _build(tmp_path, fake, frontend_url=frontend, services={"frontend": "app=frontend", "worker": "app=decode"})
+def test_a_frontend_that_is_no_url_is_one_line_and_a_selector_of_no_pods_fails_start(tmp_path, fake, frontend):
+    with pytest.raises(ConfigError, match="^target.options.frontend: expected port-forward or the frontend's "
+                                          "http\\(s\\) URL, got 'frontend:8000'$"):
+        _build(tmp_path, fake, frontend="frontend:8000")
+    assert _build(tmp_path, fake).base_url is None  # port-forward (the default): known once started
+    d = _build(tmp_path, fake, frontend=frontend, services={"frontend": "app=frontend", "worker": "app=decode"})
     with pytest.raises(ConfigError) as e:
         d.start()
     assert str(e.value) == "target.options.services.worker: no pods match selector 'app=decode' in namespace ft"
@@ -156,7 +164,7 @@ def test_log_files_are_refreshed_from_the_pods_logs_and_keep_a_deleted_pods(tmp_
         assert "==> worker-a/main (gone) <==\nrequest received request_id=r-1" in previous
     finally:
         d.stop()
-    assert d._poller is None
+    assert not d._greenlets
     gets = len(fake.requested("GET", "/log"))
     time.sleep(0.3)
     gevent.sleep(0.3)
@@ -281,3 +289,140 @@ def test_partition_drill_on_a_k8s_target_creates_and_deletes_its_networkpolicies
     journal = read_lines(str(art / "guardian.jsonl"))
     assert journal[-1]["event"] == "end" and journal[-1]["reason"] == "closed" and journal[-1]["held"] == 0
     assert not [e for e in journal if e["event"] == "lifted"]
+
+
+def test_pod_transitions_and_manifests_are_recorded_as_they_happen(tmp_path, fake, frontend):
+    fake.controller(NS, {"app": "worker"}, ready_after_s=0.5)
+    d = _build(tmp_path, fake, host=frontend).start()
+    try:
+        delete_pod(kc.load(fake.kubeconfig(tmp_path)), namespace=NS, name="worker-a", force=True)
+        transitions = tmp_path / "dep" / "pods" / "transitions.jsonl"
+
+        def lines():
+            return [json.loads(line) for line in transitions.read_text().splitlines()] if transitions.exists() else []
+
+        assert _wait(lambda: any(t["pod"] != "worker-a" and t["role"] == "worker" and t["ready"]
+                                 and t["pod"] not in ("worker-b",) for t in lines()), 10)
+    finally:
+        d.stop()
+    seen = lines()
+    a = [t for t in seen if t["pod"] == "worker-a"]
+    assert a[0]["ready"] and not a[0]["deleting"] and a[-1]["seen"] == "DELETED"
+    new = [t for t in seen if t["pod"] not in ("worker-a", "worker-b", "frontend-0")]
+    assert [t["ready"] for t in new][:1] == [False] and new[-1]["ready"] is True
+    assert new[0]["t"] < new[-1]["t"] and all(t["uid"] for t in seen)
+    import yaml
+
+    manifest = yaml.safe_load((tmp_path / "dep" / "pods" / "worker" / "worker-a.yaml").read_text())
+    assert manifest["metadata"]["uid"] == a[0]["uid"] and manifest["metadata"]["labels"] == {"app": "worker"}
+    assert (tmp_path / "dep" / "pods" / "frontend" / "frontend-0.yaml").is_file()
+
+
+def test_a_dynamo_graph_gives_the_roles_from_its_pods_labels(tmp_path, frontend):
+    from ftlocust.k8s.dynamo import COMPONENT, GRAPH, graph_labels
+
+    server = FakeKube([NS]).start()
+    try:
+        server.add_pod(NS, "g-frontend-x", graph_labels("g", "Frontend", "frontend"))
+        server.add_pod(NS, "g-decode-a", graph_labels("g", "VllmDecodeWorker", "worker", "decode"))
+        server.add_pod(NS, "g-decode-b", graph_labels("g", "VllmDecodeWorker", "worker", "decode"))
+        server.add_pod(NS, "g-prefill-a", graph_labels("g", "VllmPrefillWorker", "worker", "prefill"))
+        server.add_pod(NS, "other-frontend", graph_labels("other", "Frontend", "frontend"))
+        opts = {"namespace": NS, "dynamo_graph": "g", "kubeconfig": server.kubeconfig(tmp_path)}
+        d = targets.build(TargetSpec(kind="k8s", options=opts), str(tmp_path / "dep"), frontend).start()
+        try:
+            assert d.roles() == ["frontend", "decode_worker", "prefill_worker"]
+            assert d.worker_roles() == ["decode_worker", "prefill_worker"] and d.frontend_role == "frontend"
+            assert d.selector("decode_worker") == f"{GRAPH}=g,{COMPONENT}=VllmDecodeWorker"
+            assert d.expected == {"frontend": 1, "decode_worker": 2, "prefill_worker": 1}
+            assert d.metrics_port == {"frontend": 8000, "decode_worker": 9090, "prefill_worker": 9090}
+        finally:
+            d.stop()
+        aggregated = FakeKube([NS]).start()
+        try:
+            aggregated.add_pod(NS, "a-frontend", graph_labels("a", "Frontend", "frontend"))
+            aggregated.add_pod(NS, "a-worker", graph_labels("a", "VllmWorker", "worker"))
+            (tmp_path / "a").mkdir()
+            opts = {"namespace": NS, "dynamo_graph": "a", "kubeconfig": aggregated.kubeconfig(tmp_path / "a")}
+            d = targets.build(TargetSpec(kind="k8s", options=opts), str(tmp_path / "dep-a"), frontend).start()
+            d.stop()
+            assert d.roles() == ["frontend", "decode_worker"]  # an aggregated worker is the seed's decode worker
+            missing = targets.build(TargetSpec(kind="k8s", options={**opts, "dynamo_graph": "nope"}),
+                                    str(tmp_path / "dep-b"), frontend)
+            with pytest.raises(ConfigError) as e:
+                missing.start()
+            assert str(e.value) == (f"target.options.dynamo_graph: no pods labelled {GRAPH}=nope (with {COMPONENT}) "
+                                    f"in namespace ft: is the DynamoGraphDeployment named 'nope' deployed there?")
+        finally:
+            aggregated.stop()
+    finally:
+        server.stop()
+
+
+def test_start_waits_until_every_pod_is_ready_and_says_who_is_not(tmp_path, fake, frontend):
+    fake.set_ready(NS, "worker-b", False)
+    d = _build(tmp_path, fake, host=frontend, ready_timeout_s=1)
+    with pytest.raises(ConfigError) as e:
+        d.start()
+    assert str(e.value) == "target.options.ready_timeout_s: not ready after 1 s in namespace ft: worker 1/2 Ready"
+    threading.Timer(0.5, fake.set_ready, (NS, "worker-b", True)).start()
+    d = _build(tmp_path, fake, host=frontend, ready_timeout_s=10).start()
+    try:
+        assert 0.4 < d.startup_s < 10
+    finally:
+        d.stop()
+
+
+def test_the_api_failing_at_rollback_is_recorded_and_the_guardian_still_deletes_the_policies(tmp_path, cluster):  # noqa: F811,E501
+    fake, kubeconfig, urls, pids, run_dir = cluster
+    fake.add_pod("ft", "frontend-0", {"app": "frontend"})
+    fake.fail("delete", "networkpolicies", status=503, times=2)  # the driver's two tries (scheduled, end of run)
+    proc, art = _k8s_drill(tmp_path, "k8s-partition-api-down", kubeconfig, urls["frontend"], """
+  - {name: cut-worker, kind: partition, target: worker, partition: frontend_worker, duration_s: 1.0,
+     trigger: {after_requests: 5}}""")
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((art / "summary.json").read_text())
+    verdicts = {c["name"]: c["passed"] for c in summary["checks"]}
+    assert verdicts["every fault injected"] is True and verdicts["every rollback succeeded"] is False
+    assert [(r["reason"], r["ok"]) for r in summary["rollbacks"]] == [("scheduled", False), ("end of run", False)]
+    assert all("503 Service Unavailable" in r["error"] and "\n" not in r["error"] for r in summary["rollbacks"])
+    # what the driver could not undo, the guardian did once the driver let it go
+    assert _wait(lambda: not fake.policies, 30)
+    journal = read_lines(str(art / "guardian.jsonl"))
+    lifted = [e for e in journal if e["event"] == "lifted"]
+    assert len(lifted) == 1 and lifted[0]["kind"] == "k8s-networkpolicy-delete"
+    deletes = fake.requested("DELETE", "/networkpolicies/")
+    assert len(deletes) == 4  # two refused (the driver's first delete, twice), two done (the guardian)
+
+
+def test_pod_signal_server_view_waits_for_the_container_to_restart_and_be_ready(tmp_path, frontend):
+    """Against a k8s target a pod-signal names its pods by role; its server view is the
+    signalled container restarting (restartCount grows) and the pod Ready again."""
+    server = FakeKube([NS]).start()
+    victim = subprocess.Popen(["dynamo.worker", "-c", "import time; time.sleep(60)"], executable=sys.executable)
+    try:
+        server.add_pod(NS, "frontend-0", {"app": "frontend"})
+        server.add_pod(NS, "worker-a", {"app": "worker"}, process=victim)
+        opts = {"namespace": NS, "services": dict(SERVICES), "kubeconfig": server.kubeconfig(tmp_path)}
+        d = targets.build(TargetSpec(kind="k8s", options=opts), str(tmp_path / "dep"), frontend).start()
+        try:
+            ctx = FaultContext(deployment=d)
+            spec = FaultSpec(kind="pod-signal", target="worker", trigger=TriggerSpec(after_seconds=1),
+                             params={"signal": "SIGTERM"}, name="term")
+            fault = build_fault(spec, where="f")
+            fault.preflight(ctx)
+            assert fault.pid == 1 and fault.pods_spec.selector == "app=worker" and fault.kube is d.kube
+            assert fault.server_recovered(ctx) is False  # nothing happened yet: no restart seen
+            fault.inject(ctx)
+            assert victim.wait(10) == -15
+            assert _wait(lambda: not server.pods[(NS, "worker-a")].ready, 5)
+            assert fault.server_recovered(ctx) is False  # restarted, not Ready
+            server.set_ready(NS, "worker-a", True)  # the kubelet's new container is up
+            assert fault.server_recovered(ctx) is True
+        finally:
+            d.stop()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        victim.wait()
+        server.stop()

@@ -17,11 +17,20 @@ Implemented (what the real client sends, checked against kubernetes 37's generat
 - GET    /api/v1/namespaces/{ns}/pods/{name}
 - DELETE /api/v1/namespaces/{ns}/pods/{name}            DeleteOptions body: gracePeriodSeconds,
                                                          preconditions.uid (409 on a mismatch)
-- GET    /api/v1/namespaces/{ns}/pods/{name}/log        container, previous
+- GET    /api/v1/namespaces/{ns}/pods/{name}/log        container, previous (a pod's log: text,
+                                                         or a file read at each GET)
 - GET    /api/v1/namespaces/{ns}/pods/{name}/exec       WebSocket, subprotocol v4.channel.k8s.io:
                                                          channel byte 1 stdout, 2 stderr, 3 a
                                                          Status (Success, or Failure with an
                                                          ExitCode cause)
+- GET    /api/v1/namespaces/{ns}/pods/{name}/portforward ports=N[,M]: WebSocket, subprotocol
+                                                         v4.channel.k8s.io, as the real server
+                                                         speaks to this client: port index i has
+                                                         data channel 2i and error channel 2i+1,
+                                                         each opened with the port (2 bytes LE);
+                                                         bytes go to 127.0.0.1:pod.ports[N]
+                                                         (unknown or refused: a message on the
+                                                         error channel, then close)
 - POST/GET /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies, GET/DELETE .../{name}
 - 403 per verb + resource (`forbid`, with the API's Forbidden Status), any status per verb +
   resource (`fail`), 404 for what does not exist, 400 for an unknown container.
@@ -29,7 +38,8 @@ Implemented (what the real client sends, checked against kubernetes 37's generat
 Pods are data the test gives. A pod may be backed by a real local process the test started
 (anything with `.pid`, ideally a Popen): deleting the pod SIGTERMs it and SIGKILLs it after the
 grace period (force / grace 0: SIGKILL, and the pod is gone at once); the pod is removed once
-the process exited. A `controller` replaces a deleted pod of its labels (new name and uid, Ready
+the process exited. A backing process that exits by itself is the container dying: the pod's
+restartCount grows and it is no longer Ready (nothing restarts it). A `controller` replaces a deleted pod of its labels (new name and uid, Ready
 after a delay, optionally backed by a process from `factory`).
 
 Exec never runs a command on this machine. It understands exactly what ftlocust's kinds send —
@@ -142,12 +152,15 @@ class FakePod:
     ready: bool = True
     phase: str = "Running"
     grace_s: int = 30  # terminationGracePeriodSeconds
-    logs: dict = field(default_factory=dict)  # container -> text
+    logs: dict = field(default_factory=dict)  # container -> text, or a Path: a file read at each GET
+    ports: dict = field(default_factory=dict)  # container port -> local TCP port on 127.0.0.1 serving it
     previous_logs: dict = field(default_factory=dict)
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: str = field(default_factory=_now)
     deletion: str | None = None
     rv: int = 0
+    restarts: int = 0  # of its first container: its process exited without the pod being deleted
+    exited: bool = False
 
     def manifest(self) -> dict:
         meta = {"name": self.name, "namespace": self.namespace, "uid": self.uid, "labels": dict(self.labels),
@@ -158,7 +171,11 @@ class FakePod:
                 "spec": {"containers": [{"name": c, "image": "fake"} for c in self.containers],
                          "nodeName": self.node, "terminationGracePeriodSeconds": self.grace_s},
                 "status": {"phase": self.phase, "podIP": "10.0.0.1",
-                           "conditions": [{"type": "Ready", "status": "True" if self.ready else "False"}]}}
+                           "conditions": [{"type": "Ready", "status": "True" if self.ready else "False"}],
+                           "containerStatuses": [
+                               {"name": c, "image": "fake", "imageID": "", "ready": self.ready,
+                                "restartCount": self.restarts if i == 0 else 0}
+                               for i, c in enumerate(self.containers)]}}
 
 
 @dataclass
@@ -211,9 +228,24 @@ class FakeKube:
         self._thread = threading.Thread(target=serve, name="fake-kube", daemon=True)
         self._thread.start()
         assert ready.wait(10), "fake API server did not start"
+        self._stopping = threading.Event()
+        threading.Thread(target=self._kubelet, name="fake-kubelet", daemon=True).start()
         return self
 
+    def _kubelet(self) -> None:
+        """A pod's process that exits while the pod is not being deleted is its container
+        dying: restartCount + 1 and not Ready (no new process: it stays down, CrashLoopBackOff)."""
+        while not self._stopping.wait(0.05):
+            with self._lock:
+                for pod in list(self.pods.values()):
+                    if pod.process is not None and not pod.exited and not pod.deletion and not _alive(pod.process):
+                        pod.exited, pod.ready = True, False
+                        pod.restarts += 1
+                        self._changed(pod, "MODIFIED")
+
     def stop(self) -> None:
+        if getattr(self, "_stopping", None) is not None:
+            self._stopping.set()
         if self.loop is not None and self._thread is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
@@ -403,6 +435,9 @@ class FakeKube:
                     return self._rule("get", "pods/log", ns, parts[5]) or self._log(ns, parts[5], query)
                 if len(parts) == 7 and parts[6] == "exec" and m in ("GET", "POST"):
                     return self._rule("create", "pods/exec", ns, parts[5]) or await self._exec(request, ns, parts[5])
+                if len(parts) == 7 and parts[6] == "portforward" and m in ("GET", "POST"):
+                    return self._rule("create", "pods/portforward", ns, parts[5]) or \
+                        await self._portforward(request, ns, parts[5])
         if parts[:4] == ["apis", "networking.k8s.io", "v1", "namespaces"] and len(parts) >= 6 \
                 and parts[5] == "networkpolicies":
             ns = parts[4]
@@ -464,7 +499,10 @@ class FakeKube:
         finally:
             with self._lock:
                 self._watchers.remove(q)
-        await resp.write_eof()
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:  # the client shut its socket down (Watch.stop)
+            pass
         return resp
 
     def _pod(self, ns: str, name: str) -> FakePod | None:
@@ -507,7 +545,14 @@ class FakeKube:
         if container not in logs and previous:
             return self._status(400, "BadRequest", f'previous terminated container "{container}" in pod "{name}" '
                                 f'not found')
-        return web.Response(text=logs.get(container, ""), content_type="text/plain")
+        text = logs.get(container, "")
+        if isinstance(text, os.PathLike):  # the log a real process writes, as it is now
+            try:
+                with open(text, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                text = ""
+        return web.Response(text=text, content_type="text/plain")
 
     # -- exec ---------------------------------------------------------------------------------
 
@@ -571,6 +616,75 @@ class FakeKube:
             "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
         await ws.send_bytes(b"\x03" + json.dumps(status).encode())
         await ws.close()
+        return ws
+
+    # -- port-forward -------------------------------------------------------------------------
+
+    async def _portforward(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
+        pod = self._pod(ns, name)
+        if pod is None:
+            return self._not_found(ns, name)
+        try:
+            ports = [int(p) for p in ",".join(request.query.getall("ports", [])).split(",") if p.strip()]
+        except ValueError:
+            return self._status(400, "BadRequest", "invalid port in ports")
+        if not ports:
+            return self._status(400, "BadRequest", "at least one port must be specified")
+        ws = web.WebSocketResponse(protocols=("v4.channel.k8s.io",))
+        await ws.prepare(request)
+        for i, port in enumerate(ports):  # each channel opens with its port, as the API server does
+            await ws.send_bytes(bytes([2 * i]) + port.to_bytes(2, "little"))
+            await ws.send_bytes(bytes([2 * i + 1]) + port.to_bytes(2, "little"))
+        writers: dict[int, asyncio.StreamWriter] = {}
+        pumps = []
+
+        async def down(i: int, reader: asyncio.StreamReader) -> None:
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    await ws.send_bytes(bytes([2 * i]) + data)
+            except (ConnectionError, RuntimeError):
+                pass
+
+        for i, port in enumerate(ports):
+            local = pod.ports.get(port)
+            try:
+                if local is None:
+                    raise ConnectionRefusedError(f"dial tcp4 127.0.0.1:{port}: connect: connection refused")
+                reader, writers[i] = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", local), 5)
+            except (OSError, asyncio.TimeoutError) as e:
+                await ws.send_bytes(bytes([2 * i + 1]) + (
+                    f"error forwarding port {port} to pod {name}, uid {pod.uid}: failed to connect to "
+                    f"localhost:{port} inside namespace {ns}: {e}").encode())
+                continue
+            pumps.append(asyncio.ensure_future(down(i, reader)))
+        if not pumps:
+            await ws.close()
+            return ws
+        backend_done = asyncio.ensure_future(asyncio.gather(*pumps))
+        try:
+            while not backend_done.done():
+                receiving = asyncio.ensure_future(ws.receive())
+                await asyncio.wait([receiving, backend_done], return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()
+                    break  # the backend ended: close the WebSocket
+                msg = receiving.result()
+                if msg.type != web.WSMsgType.BINARY:
+                    break  # close, or an error: the client went away
+                if msg.data and msg.data[0] % 2 == 0 and msg.data[0] // 2 in writers:
+                    writers[msg.data[0] // 2].write(msg.data[1:])
+                    await writers[msg.data[0] // 2].drain()
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            for w in writers.values():
+                w.close()
+            if not backend_done.done():
+                await asyncio.wait([backend_done], timeout=2)
+            await ws.close()
         return ws
 
     # -- network policies ---------------------------------------------------------------------

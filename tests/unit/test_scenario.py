@@ -12,14 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_shipped_scenarios_load():
     names = []
-    for folder in (os.path.join(ROOT, "configs", "scenarios"), os.path.join(ROOT, "configs", "dynamo")):
+    for folder in (os.path.join(ROOT, "configs", sub) for sub in ("scenarios", "dynamo", "k8s")):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".yaml"):
                 scenario = load_scenario(os.path.join(folder, name))
                 assert scenario.name
                 validate_triggers(scenario, total_budget=None, run_time_s=None)
                 names.append(name)
-    assert "migration.yaml" in names and len(names) >= 3
+    assert "migration.yaml" in names and "decode-worker-pod.yaml" in names and len(names) >= 3
 
 
 def test_migration_scenario_fields():
