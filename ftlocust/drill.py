@@ -154,7 +154,12 @@ class Drill:
     def describe(self) -> str:
         """What a dry run prints: the target and every fault, resolved as far as possible."""
         t = self.scenario.target
-        where = self.options.host or f"embedded {t.kind} deployment ({t.workers} workers, migration limit {t.migration_limit})"
+        if self.options.host or (self.deployment is not None and not self.deployment.started_here):
+            kind = targets.TARGETS.get(t.kind)
+            shown = t.kind if kind is not None and not kind.started_here else "external"  # --host: external
+            where = f"{shown} deployment at {self.host}"
+        else:
+            where = f"embedded {t.kind} deployment ({t.workers} workers, migration limit {t.migration_limit})"
         lines = [f"scenario {self.scenario.name}: target {where}"]
         cutter = self.deployment.partitioner if self.deployment is not None else None
         if cutter is not None:

@@ -230,6 +230,7 @@ class K8sDeployment:
         from ftlocust.targets.local import http_get_status
 
         deadline = began + self.ready_timeout_s
+        forward_error = None
         while True:
             waiting = []
             for role in self.services:
@@ -237,16 +238,40 @@ class K8sDeployment:
                 if ready < self.expected[role]:
                     waiting.append(f"{role} {ready}/{self.expected[role]} Ready")
             status = None if waiting else http_get_status(self.base_url + "/v1/models", timeout_s=5.0)
+            if not waiting and status != 200 and self._forward is not None:
+                forward_error = self._forward_problem()
             if not waiting and status == 200:
                 self.startup_s = time.monotonic() - began
                 log.info("k8s deployment in namespace %s ready at %s in %.2f s", self.namespace, self.base_url,
                          self.startup_s)
                 return
             if time.monotonic() >= deadline:
-                what = "; ".join(waiting) if waiting else f"GET {self.base_url}/v1/models answered {status or 'nothing'}"
+                what = "; ".join(waiting) if waiting else (
+                    f"GET {self.base_url}/v1/models answered {status or 'nothing'}"
+                    + (f" ({forward_error})" if forward_error else ""))
                 raise ConfigError(f"{WHERE}.ready_timeout_s: not ready after {self.ready_timeout_s:g} s in namespace "
                                   f"{self.namespace}: {what}")
             gevent.sleep(READY_POLL_S)
+
+    def _forward_problem(self) -> str | None:
+        """Why the frontend's port-forward does not answer, asked of one Ready frontend pod
+        directly: ConfigError at once when the API forbids port-forwarding (no wait helps)."""
+        from ftlocust.k8s.client import KubeError
+        from ftlocust.k8s.portforward import http_get
+        from ftlocust.k8s.selection import is_live, is_ready
+
+        pods = [p for p in self._pods(self.frontend_role) if is_live(p) and is_ready(p)]
+        if not pods:
+            return None
+        try:
+            status, _ = http_get(self.kube, namespace=self.namespace, pod=pods[0].metadata.name,
+                                 port=self.frontend_port, path="/v1/models", timeout_s=5.0,
+                                 where=f"{WHERE}.frontend")
+        except KubeError as e:
+            if ": forbidden: " in str(e):
+                raise ConfigError(str(e)) from None
+            return str(e)
+        return f"pod {pods[0].metadata.name} answered {status} on port {self.frontend_port}"
 
     def stop(self) -> None:
         """Bring the evidence up to date, stop watching and refreshing, close the port-forwards;

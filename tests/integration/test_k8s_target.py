@@ -426,3 +426,14 @@ def test_pod_signal_server_view_waits_for_the_container_to_restart_and_be_ready(
             victim.kill()
         victim.wait()
         server.stop()
+
+
+def test_port_forward_forbidden_is_one_line_at_start_not_a_ready_timeout(tmp_path, fake):
+    fake.forbid("create", "pods/portforward")
+    d = _build(tmp_path, fake, ready_timeout_s=60)  # frontend: port-forward (the default)
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        d.start()
+    assert str(e.value) == ("target.options.frontend: forbidden: cannot create pods/portforward in namespace ft "
+                            "(RBAC: the service account needs 'create' on 'pods/portforward')")
+    assert time.monotonic() - started < 30 and d.base_url is not None and not d._watchers

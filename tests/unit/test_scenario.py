@@ -324,3 +324,14 @@ def test_scenario_load_cross_check_names_each_value_where_it_came_from():
     with pytest.raises(ConfigError, match=r"^x\.yaml: load\.endpoint: expected a streaming endpoint .* for --ft-cancel "
                                           r"after-chunks:2, got 'chat'$"):
         load_flags(s, parsed, defaults)
+
+
+def test_k8s_flags_fill_a_k8s_targets_options_and_are_refused_for_others():
+    s = scenario_from_dict({"name": "k", "target": {"kind": "k8s", "options": {"frontend": "port-forward"}}})
+    out = apply_overrides(s, target_overrides={"namespace": "dynamo", "dynamo_graph": "vllm-agg", "context": None})
+    assert out.target.options == {"frontend": "port-forward", "namespace": "dynamo", "dynamo_graph": "vllm-agg"}
+    reference = scenario_from_dict({"name": "r"})
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(reference, target_overrides={"namespace": "dynamo"})
+    assert str(e.value) == ("--ft-k8s-namespace: expected only for a k8s target (the scenario's target is "
+                            "reference), got 'dynamo'")
