@@ -17,10 +17,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.fixture
-def deployment(tmp_path):
+def deployment(tmp_path, request):
+    """A reference deployment started here (not by ftlocust): (run_dir, role -> URL). A test may
+    pass the reference's extra arguments as the fixture's parameter (indirect)."""
     run_dir = tmp_path / "dep"
     proc = subprocess.Popen([sys.executable, "-m", "ftlocust.targets.reference", "--workers", "2", "--port", "0",
-                             "--run-dir", str(run_dir), "--token-delay-s", "0.01"],
+                             "--run-dir", str(run_dir), "--token-delay-s", "0.01", *getattr(request, "param", [])],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 60

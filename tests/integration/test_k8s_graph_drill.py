@@ -27,6 +27,7 @@ import pytest
 import requests
 
 from ftlocust.k8s.dynamo import graph_labels
+from tests.integration.test_external_target import deployment  # noqa: F401  (fixture)
 from tests.support.fake_kube import FakeKube
 from tests.support.procfs import gone, wait
 
@@ -58,29 +59,9 @@ def _frontend_requests(url: str) -> float:
 
 
 @pytest.fixture
-def graph(tmp_path, request):
-    """The test API server with a graph's pods over a reference deployment started here (with
-    the reference's extra arguments a test passes as the fixture's parameter)."""
-    run_dir = tmp_path / "dep"
-    extra = list(getattr(request, "param", []))
-    ref = subprocess.Popen([sys.executable, "-m", "ftlocust.targets.reference", "--workers", "2", "--port", "0",
-                            "--run-dir", str(run_dir), "--token-delay-s", "0.01", *extra],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        addr = run_dir / "addr"
-        assert wait(lambda: all((addr / f"{r}.json").exists() for r in ("frontend", "worker-1", "worker-2")), 60)
-        urls = {r: json.loads((addr / f"{r}.json").read_text())["url"] for r in ("frontend", "worker-1", "worker-2")}
-        yield from _graph(tmp_path, run_dir, urls)
-    finally:
-        ref.send_signal(signal.SIGTERM)
-        try:
-            ref.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            ref.kill()
-            ref.wait()
-
-
-def _graph(tmp_path, run_dir, urls):
+def graph(tmp_path, deployment):  # noqa: F811
+    """The test API server with a graph's pods over a reference deployment started here."""
+    run_dir, urls = deployment
     fake = FakeKube(namespaces=["ft"]).start()
     pids = {role: int((run_dir / "pids" / f"{role}.pid").read_text()) for role in ("worker-1", "worker-2")}
     logs = run_dir / "logs"
@@ -148,7 +129,7 @@ def test_the_drill_says_in_one_line_what_is_missing(tmp_path, graph):
     assert not fake.requested("DELETE")
 
 
-@pytest.mark.parametrize("graph", [["--engine-core", "VLLM::EngineCore"]], indirect=True)
+@pytest.mark.parametrize("deployment", [["--engine-core", "VLLM::EngineCore"]], indirect=True)
 def test_the_engine_core_drill_kills_the_process_inside_the_serving_workers_pod(tmp_path, graph):
     fake, kubeconfig, urls, pids = graph
     art = tmp_path / "run"

@@ -19,11 +19,10 @@ import requests
 from ftlocust.k8s import client as kc
 from ftlocust.k8s.client import KubeError
 from ftlocust.k8s.portforward import RELIST_S, PodForward, http_get
-from tests.support.fake_kube import FakeKube
+from tests.integration.test_k8s_kinds import NS, fake  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-NS = "ft"
 PORT = 8000
 
 
@@ -85,13 +84,6 @@ def backends():
     for srv in started:
         srv.shutdown()
         srv.server_close()
-
-
-@pytest.fixture
-def fake():
-    server = FakeKube([NS]).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
