@@ -112,7 +112,8 @@ class PartitionFault(Fault):
             if peer not in known:
                 raise ConfigError(f"{self.field('peers')}: expected roles of {', '.join(known)}, got {peer!r}")
         if self.partition == "worker_nats" and deployment.registry_endpoint() is None:
-            raise ConfigError(f"{self.field('partition')}: worker_nats, but this deployment has no registry endpoint")
+            raise ConfigError(f"{self.field('partition')}: worker_nats, but this deployment has no registry endpoint "
+                              f"(a k8s target names one with target.options.registry)")
         if self.partition == "worker_worker" and self.target.role is not None and not self._peers(self.target.role):
             raise ConfigError(f"{self.field('partition')}: worker_worker needs another worker (the deployment has only "
                               f"{self.target.role})")

@@ -15,6 +15,7 @@ one namespace; the frontend is reached through a port-forward (default) or a URL
                                            #   or the frontend's URL (--host wins over both)
         frontend_port: 8000                # the frontend pods' HTTP port
         metrics_port: {decode_worker: 9090}  # each role's /metrics port on its pods (a graph: 8000 / 9090)
+        registry: {role: nats, port: 4222, selector: app.kubernetes.io/name=nats}   # for worker_nats
         kubeconfig: ~/.kube/config         # default $KUBECONFIG, ~/.kube/config, else in-cluster
         context: my-cluster
         log_poll_s: 2                      # how often each role's log file is refreshed from the pods
@@ -46,9 +47,10 @@ The server view (`recovered(role)`): the role has as many Ready pods as at `star
 them one seen deleted, and the frontend answers GET /v1/models with 200.
 
 `partitioner` is a `ftlocust.k8s.networkpolicy.NetworkPolicyPartitioner` over the roles'
-selectors, so `partition` faults are NetworkPolicies (mode drop only). `registry_endpoint()` is
-None: Dynamo on Kubernetes discovers workers through NATS/etcd, which are not roles here, so
-`worker_nats` is refused.
+selectors, so `partition` faults are NetworkPolicies (mode drop only). `worker_nats` needs
+`registry: {role: nats, port: 4222, selector: app.kubernetes.io/name=nats}` (the selector
+only when `nats` is not already a role): the registry's pods become a role (not a worker) in
+this namespace, and the partition drops new connections from the worker's pods to that port.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class K8sDeployment:
                  worker_roles: list[str] | None = None, frontend: str = PORT_FORWARD, frontend_port: int = 8000,
                  metrics_port: dict[str, int] | None = None, kubeconfig: str | None = None,
                  context: str | None = None, log_poll_s: float = 2.0, ready_timeout_s: float = 600.0,
-                 metrics: dict[str, str] | None = None):
+                 registry: dict | None = None, metrics: dict[str, str] | None = None):
         from ftlocust.k8s.networkpolicy import parse_selector
         from ftlocust.validation import error, mapping, number, string
 
@@ -130,6 +132,18 @@ class K8sDeployment:
         for role, port in mapping(metrics_port or {}, f"{WHERE}.metrics_port").items():
             self.metrics_port[str(role)] = int(number(port, f"{WHERE}.metrics_port.{role}", integer=True,
                                                       minimum=1, maximum=65535))
+        self.registry: dict | None = None  # {role, selector?, port}: what worker_nats cuts a worker from
+        if registry is not None:
+            r = mapping(registry, f"{WHERE}.registry", ("role", "selector", "port"), required=("role", "port"))
+            self.registry = {"role": string(r["role"], f"{WHERE}.registry.role"),
+                             "port": int(number(r["port"], f"{WHERE}.registry.port", integer=True, minimum=1,
+                                                maximum=65535))}
+            if r.get("selector") is not None:
+                self.registry["selector"] = string(r["selector"], f"{WHERE}.registry.selector")
+                parse_selector(self.registry["selector"], f"{WHERE}.registry.selector")
+            if self.services:
+                self._add_registry_role()
+                self._workers = [w for w in self._workers if w != self.registry["role"] or worker_roles]
         self.kubeconfig, self.context = kubeconfig, context
         self.log_poll_s = float(number(log_poll_s, f"{WHERE}.log_poll_s", above=0))
         self.ready_timeout_s = float(number(ready_timeout_s, f"{WHERE}.ready_timeout_s", above=0))
@@ -156,6 +170,16 @@ class K8sDeployment:
         self._greenlets: list[gevent.Greenlet] = []
         self._forward: Any = None  # the frontend's PodForward
         self._metrics_server: MetricsServer | None = None
+
+    def _add_registry_role(self) -> None:
+        """The registry's pods are a role (not a worker): given by services, or by its selector."""
+        role = self.registry["role"]
+        if role in self.services:
+            return
+        if "selector" not in self.registry:
+            raise ConfigError(f"{WHERE}.registry.role: {role!r} is not a role (roles: {', '.join(self.services)}); "
+                              f"give registry.selector for its pods (e.g. app.kubernetes.io/name=nats)")
+        self.services[role] = self.registry["selector"]
 
     @classmethod
     def from_spec(cls, spec, run_dir: str, host: str | None = None) -> "K8sDeployment":
@@ -188,6 +212,8 @@ class K8sDeployment:
             self.services, self.frontend_role = dict(self.graph.services), self.graph.frontend_role
             self._workers = list(self.graph.worker_roles)
             self.metrics_port = {**self.graph.metrics_ports, **self.metrics_port}
+            if self.registry is not None:
+                self._add_registry_role()
             log.info("graph %s in namespace %s: %s", self.dynamo_graph, self.namespace, self.graph.describe())
         unknown = sorted(set(self.metrics_port) - set(self.services))
         if unknown:
@@ -378,9 +404,10 @@ class K8sDeployment:
         return sorted({key.split("/", 1)[0] for key, text in self._texts.get(role, {}).items()
                        if pattern.search(text)})
 
-    def registry_endpoint(self) -> None:
-        """None: Dynamo on Kubernetes registers workers with NATS/etcd, which are not roles here."""
-        return None
+    def registry_endpoint(self) -> tuple[str, int] | None:
+        """(role, port) of `registry` (Dynamo's NATS, say), which `worker_nats` cuts a worker
+        from; None when the options name none."""
+        return (self.registry["role"], self.registry["port"]) if self.registry else None
 
     def metrics_url(self, role: str) -> str | None:
         if role in self.metrics:

@@ -437,3 +437,33 @@ def test_port_forward_forbidden_is_one_line_at_start_not_a_ready_timeout(tmp_pat
     assert str(e.value) == ("target.options.frontend: forbidden: cannot create pods/portforward in namespace ft "
                             "(RBAC: the service account needs 'create' on 'pods/portforward')")
     assert time.monotonic() - started < 30 and d.base_url is not None and not d._watchers
+
+
+def test_worker_nats_cuts_the_worker_from_the_registry_port_named_by_the_options(tmp_path, fake, frontend):
+    fake.add_pod(NS, "nats-0", {"app.kubernetes.io/name": "nats"})
+    d = _build(tmp_path, fake, host=frontend,
+               registry={"role": "nats", "port": 4222, "selector": "app.kubernetes.io/name=nats"}).start()
+    try:
+        assert d.roles() == ["frontend", "worker", "nats"] and d.worker_roles() == ["worker"]
+        assert d.registry_endpoint() == ("nats", 4222)
+        ctx = FaultContext(deployment=d)
+        ctx.guardian = _Guardian(fake)
+        spec = FaultSpec(kind="partition", target="worker", trigger=TriggerSpec(after_seconds=1),
+                         params={"partition": "worker_nats"}, name="cut")
+        fault = build_fault(spec, where="f")
+        fault.preflight(ctx)
+        fault.inject(ctx)
+        (policy,) = fake.policies.values()  # on the registry's pods: the worker's are refused on 4222 only
+        assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nats"}
+        from_others, other_ports = policy["spec"]["ingress"]
+        assert {"podSelector": {"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["worker"]}]}} \
+            in from_others["from"]
+        assert {"protocol": "TCP", "port": 1, "endPort": 4221} in other_ports["ports"]
+        assert {"protocol": "TCP", "port": 4223, "endPort": 65535} in other_ports["ports"]
+        assert fault.recover(ctx).startswith("lifted partition worker|nats")
+        assert not fake.policies
+    finally:
+        d.stop()
+    with pytest.raises(ConfigError, match=r"^target.options.registry.role: 'nats' is not a role .* give "
+                                          r"registry.selector"):
+        _build(tmp_path, fake, host=frontend, registry={"role": "nats", "port": 4222})
