@@ -155,6 +155,35 @@ def test_the_engine_core_drill_kills_the_process_inside_the_serving_workers_pod(
     assert entry["server_recovery_s"] is None
 
 
+def test_the_frontend_pod_drill_moves_the_port_forward_to_the_replacement(tmp_path, graph):
+    fake, kubeconfig, urls, pids = graph
+    # the replacement frontend pod is served by the same (surviving) reference frontend
+    fake.controller("ft", graph_labels("g", "Frontend", "frontend"), ready_after_s=1.0, keep=("ports", "logs"))
+    art = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / "load.py"), "--headless",
+                           "-u", "4", "-r", "4", "--ft-scenario", str(ROOT / "configs" / "k8s" / "frontend-pod.yaml"),
+                           "--ft-artifacts", str(art), "--ft-k8s-namespace", "ft", "--ft-k8s-graph", "g",
+                           "--ft-fault-after-seconds", "4", "--ft-recovery-window", "6", "--ft-output-tokens", "40"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=200,
+                          env={**os.environ, "KUBECONFIG": kubeconfig})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads((art / "summary.json").read_text())
+    (entry,) = summary["per_fault"]
+    assert [p["name"] for p in entry["fault"]["detail"]["pods"]] == ["g-frontend-0"]
+    (delete,) = fake.requested("DELETE", "/pods/g-frontend-0")
+    assert delete["body"]["gracePeriodSeconds"] == 0
+    # streams through the deleted pod were cut, and new connections waited for a Ready replacement
+    records = [json.loads(line) for line in (art / "requests.jsonl").read_text().splitlines()]
+    t_f = entry["fault"]["injected_at"]
+    hit = [r for r in records if r["end_wall"] > t_f and r["outcome"] != "ok" and r["start_wall"] < t_f + 3]
+    assert hit, "the deletion cut nothing"
+    assert entry["server_recovery_s"] is not None and 0.9 < entry["server_recovery_s"] < 30
+    replacement = [p for (ns, p) in fake.pods if p.startswith("g-frontend-") and p != "g-frontend-0"]
+    assert len(replacement) == 1
+    assert fake.requested("GET", f"/pods/{replacement[0]}/portforward")  # the load moved there
+    assert any(r["outcome"] == "ok" and r["start_wall"] > t_f + entry["server_recovery_s"] for r in records)
+
+
 @pytest.mark.k8s
 @pytest.mark.skipif(not (os.environ.get("KUBECONFIG") and os.environ.get("FTLOCUST_K8S_NAMESPACE")
                          and os.environ.get("FTLOCUST_K8S_GRAPH")),

@@ -40,7 +40,8 @@ Pods are data the test gives. A pod may be backed by a real local process the te
 grace period (force / grace 0: SIGKILL, and the pod is gone at once); the pod is removed once
 the process exited. A backing process that exits by itself is the container dying: the pod's
 restartCount grows and it is no longer Ready (nothing restarts it). A `controller` replaces a deleted pod of its labels (new name and uid, Ready
-after a delay, optionally backed by a process from `factory`).
+after a delay, optionally backed by a process from `factory`, optionally served by the deleted
+pod's `ports` and `logs`). Deleting a pod ends its port-forwards.
 
 Exec never runs a command on this machine. It understands exactly what ftlocust's kinds send —
 `sh -c <ftlocust.k8s.exec.PROCESS_LIST>` (answered with the backing process tree as the
@@ -184,6 +185,7 @@ class Controller:
     labels: dict
     ready_after_s: float = 0.2
     factory: Callable[[], Any] | None = None
+    keep: tuple = ()  # FakePod fields the replacement takes from the pod it replaces ("ports", "logs")
     made: list = field(default_factory=list)
 
 
@@ -200,6 +202,7 @@ class FakeKube:
         self._rv = 0
         self._events: list[tuple[int, str, str, dict]] = []  # (rv, namespace, type, object)
         self._watchers: list[asyncio.Queue] = []
+        self._forwards: dict[str, set] = {}  # pod uid -> its port-forwards' backend writers
         self._lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
@@ -282,8 +285,11 @@ class FakeKube:
             self._changed(pod, "MODIFIED")
 
     def controller(self, namespace: str, labels: dict, ready_after_s: float = 0.2,
-                   factory: Callable[[], Any] | None = None) -> Controller:
-        c = Controller(namespace, dict(labels), ready_after_s, factory)
+                   factory: Callable[[], Any] | None = None, keep: tuple = ()) -> Controller:
+        """Replace a deleted pod of these labels (new name and uid, Ready after ready_after_s);
+        `keep`: fields it takes from the pod it replaces (("ports", "logs"): the same backend
+        serves the replacement)."""
+        c = Controller(namespace, dict(labels), ready_after_s, factory, tuple(keep))
         self.controllers.append(c)
         return c
 
@@ -321,14 +327,19 @@ class FakeKube:
             if self.pods.get((pod.namespace, pod.name)) is pod:
                 del self.pods[(pod.namespace, pod.name)]
                 self._changed(pod, "DELETED")
+            forwards = self._forwards.pop(pod.uid, set())
+        if self.loop is not None:  # a pod gone takes its port-forwards with it
+            for writer in forwards:
+                self.loop.call_soon_threadsafe(writer.close)
 
     def _replace(self, pod: FakePod) -> None:
         for c in self.controllers:
             if c.namespace == pod.namespace and all(pod.labels.get(k) == v for k, v in c.labels.items()):
                 name = f"{pod.name.rsplit('-', 1)[0]}-{uuid.uuid4().hex[:5]}"
                 process = c.factory() if c.factory else None
+                kept = {f: getattr(pod, f) for f in c.keep}
                 new = self.add_pod(pod.namespace, name, pod.labels, process=process, containers=list(pod.containers),
-                                   ready=False, grace_s=pod.grace_s)
+                                   ready=False, grace_s=pod.grace_s, **kept)
                 c.made.append(new)
 
                 def ready_later(new=new, delay=c.ready_after_s):
@@ -660,6 +671,8 @@ class FakeKube:
                     f"localhost:{port} inside namespace {ns}: {e}").encode())
                 continue
             pumps.append(asyncio.ensure_future(down(i, reader)))
+            with self._lock:
+                self._forwards.setdefault(pod.uid, set()).add(writers[i])
         if not pumps:
             await ws.close()
             return ws
@@ -682,6 +695,8 @@ class FakeKube:
         finally:
             for w in writers.values():
                 w.close()
+                with self._lock:
+                    self._forwards.get(pod.uid, set()).discard(w)
             if not backend_done.done():
                 await asyncio.wait([backend_done], timeout=2)
             await ws.close()
