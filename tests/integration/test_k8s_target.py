@@ -386,9 +386,12 @@ def test_the_api_failing_at_rollback_is_recorded_and_the_guardian_still_deletes_
     assert verdicts["every fault injected"] is True and verdicts["every rollback succeeded"] is False
     assert [(r["reason"], r["ok"]) for r in summary["rollbacks"]] == [("scheduled", False), ("end of run", False)]
     assert all("503 Service Unavailable" in r["error"] and "\n" not in r["error"] for r in summary["rollbacks"])
-    # what the driver could not undo, the guardian did once the driver let it go
-    assert _wait(lambda: not fake.policies, 30)
-    journal = read_lines(str(art / "guardian.jsonl"))
+    # what the driver could not undo, the guardian did once the driver let it go (its journal's
+    # last line is written after the deletes)
+    journal_path = str(art / "guardian.jsonl")
+    assert _wait(lambda: (read_lines(journal_path) or [{}])[-1].get("event") == "end", 60), read_lines(journal_path)
+    assert not fake.policies
+    journal = read_lines(journal_path)
     lifted = [e for e in journal if e["event"] == "lifted"]
     assert len(lifted) == 1 and lifted[0]["kind"] == "k8s-networkpolicy-delete"
     deletes = fake.requested("DELETE", "/networkpolicies/")
