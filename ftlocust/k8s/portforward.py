@@ -91,10 +91,11 @@ def _end(sock: Any) -> None:
 
 
 def _proxy_done(pf: Any, timeout_s: float) -> bool:
-    """Whether the client's proxy thread let go of `pf` within timeout_s: it closes its half of
-    every port's socket pair (`local_ports[port].python`) as it finishes."""
+    """Whether the client's proxy thread let go of `pf` within timeout_s: it has closed its half
+    of every port's socket pair (`local_ports[port].python`) and the WebSocket is no longer
+    connected (with data still to send it keeps the WebSocket until that is sent)."""
     deadline = time.monotonic() + timeout_s
-    while any(p.python.fileno() != -1 for p in pf.local_ports.values()):
+    while any(p.python.fileno() != -1 for p in pf.local_ports.values()) or pf.websocket.connected:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
