@@ -136,3 +136,17 @@ class PodDeleteFault(Fault):
 
     def affected_role(self) -> str | None:
         return role_of(self)
+
+    def server_recovered(self, ctx: FaultContext) -> bool | None:
+        """The pods deleted are gone (an API that accepted the delete but kept the pod, a
+        finalizer say, is no recovery) and the deployment serves the role as at start."""
+        from ftlocust.k8s.selection import is_live
+
+        role = self.affected_role()
+        if role is None or ctx.deployment is None:
+            return None
+        uids = {p.metadata.uid for p in self.victims}
+        listed = self.kube.core.list_namespaced_pod(self.pods_spec.namespace, _request_timeout=10).items
+        if any(p.metadata.uid in uids and is_live(p) for p in listed):
+            return False
+        return ctx.deployment.recovered(role)

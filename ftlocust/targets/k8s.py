@@ -395,11 +395,12 @@ class K8sDeployment:
         return http_get_status(self.base_url + "/v1/models", timeout_s=2.0) == 200
 
     def pods_logging(self, role: str, request_id: str) -> list[str]:
-        """The role's live pods whose log (as last read) shows `request_id` received — the pod a
-        `serving-worker` pod fault acts on. Reads the logs again first."""
+        """The role's live pods whose log, as last read (`refresh_evidence`, which the drill's
+        serving-worker lookup runs first), shows `request_id` received — the pod a
+        `serving-worker` pod fault acts on."""
         from ftlocust.evidence import SERVING_PATTERN, request_id_regex
 
-        self.refresh_logs(only=self._role(role))
+        self._role(role)
         pattern = re.compile(request_id_regex(request_id, SERVING_PATTERN))
         return sorted({key.split("/", 1)[0] for key, text in self._texts.get(role, {}).items()
                        if pattern.search(text)})
@@ -502,14 +503,14 @@ class K8sDeployment:
             except Exception as e:  # the next poll tries again; the evidence is only staler
                 log.warning("refreshing the k8s log files failed: %s", e)
 
-    def refresh_logs(self, only: str | None = None) -> None:
-        """Rewrite every role's (or only one role's) log files from its pods' logs (one read per
-        live container, one `previous` read per restarted container)."""
+    def refresh_logs(self) -> None:
+        """Rewrite every role's log files from its pods' logs (one read per live container, one
+        `previous` read per restarted container)."""
         from ftlocust.k8s.client import KubeError
         from ftlocust.k8s.pods import pod_logs
         from ftlocust.k8s.selection import is_live
 
-        for role in [only] if only else list(self.services):
+        for role in self.services:
             texts = self._texts.setdefault(role, {})
             previous = self._previous.setdefault(role, {})
             live_keys = set()

@@ -470,3 +470,23 @@ def test_worker_nats_cuts_the_worker_from_the_registry_port_named_by_the_options
     with pytest.raises(ConfigError, match=r"^target.options.registry.role: 'nats' is not a role .* give "
                                           r"registry.selector"):
         _build(tmp_path, fake, host=frontend, registry={"role": "nats", "port": 4222})
+
+
+def test_pod_delete_server_view_is_no_recovery_while_the_deleted_pod_is_still_there(tmp_path, fake, frontend):
+    """Before the pod is gone (not deleted yet, or kept by a finalizer) nothing has recovered,
+    although every pod is Ready; after it, the replacement must be Ready."""
+    fake.controller(NS, {"app": "worker"}, ready_after_s=0.5)
+    d = _build(tmp_path, fake, host=frontend).start()
+    try:
+        ctx = FaultContext(deployment=d)
+        spec = FaultSpec(kind="pod-delete", target="worker", trigger=TriggerSpec(after_seconds=1),
+                         params={"force": True}, name="del")
+        fault = build_fault(spec, where="f")
+        fault.preflight(ctx)
+        assert [p.metadata.name for p in fault.victims] == ["worker-a"] and fault.affected_role() == "worker"
+        assert d.recovered("worker") is True and fault.server_recovered(ctx) is False
+        fault.inject(ctx)
+        assert fault.server_recovered(ctx) is False  # the replacement is not Ready yet
+        assert _wait(lambda: fault.server_recovered(ctx), 10)
+    finally:
+        d.stop()
