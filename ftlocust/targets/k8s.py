@@ -423,10 +423,6 @@ class K8sDeployment:
     def address(self, role: str) -> str | None:
         return None
 
-    def describe(self) -> str:
-        roles = ", ".join(f"{r} ({self.services[r]})" for r in self.services) or f"graph {self.dynamo_graph}"
-        return f"k8s namespace {self.namespace}: {roles}; frontend {self.base_url or self.frontend}"
-
     # -- pods seen: transitions and manifests ---------------------------------------------------
 
     def _watch_pods(self, role: str) -> None:
