@@ -52,7 +52,7 @@ target:
   pids: {{worker-1: "pidfile:{run_dir}/pids/worker-1.pid"}}
 load: {{endpoint: completion-stream, requests_per_client: 6}}
 faults:
-  - {{name: kill-worker-1, kind: process-signal, target: worker-1, signal: SIGKILL, trigger: {{after_requests: 10}}}}
+  - {{name: kill-worker-1, kind: process-signal, target: worker-1, signal: SIGKILL, trigger: {{after_seconds: 2.5}}}}
 checks:
   - {{check: no_failures, phase: all}}
   - {{check: log_pattern, role: frontend, pattern: "Stream disconnected, recreating stream"}}

@@ -53,7 +53,7 @@ target:
 load: {{endpoint: completion-stream, requests_per_client: 6}}
 faults:
   - {{name: delete-worker-pod, kind: pod-delete, target: decode_worker, namespace: ft, selector: "app=worker",
-     expect: 2, force: true, kubeconfig: "{kubeconfig}", trigger: {{after_requests: 10}}}}
+     expect: 2, force: true, kubeconfig: "{kubeconfig}", trigger: {{after_seconds: 2.5}}}}
 checks:
   - {{check: no_failures, phase: all}}
   - {{check: log_pattern, role: frontend, pattern: "Stream disconnected, recreating stream"}}

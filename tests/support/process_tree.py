@@ -33,6 +33,14 @@ for item in spec:
         print("grandchild", p.stdout.readline().decode().strip(), flush=True)
     else:
         p = subprocess.Popen([item, "-c", code], executable=sys.executable)
+    argv0 = item.split(">")[0].removeprefix("both:")
+    for _ in range(500):  # bounded: the child's argv[0] readable in /proc before its pid is given out
+        try:
+            if item.startswith("comm:") or open("/proc/%d/cmdline" % p.pid, "rb").read().split(b"\0")[0] == argv0.encode():
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
     procs.append(p)
     print("child", p.pid, flush=True)
 print("ready", flush=True)
