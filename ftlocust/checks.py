@@ -750,26 +750,50 @@ def _min_failures(p: dict, result: RunResult) -> tuple[bool, str]:
         Field("labels", "labels", default=None),
         Field("request_type", "str", default=None, choices=("stream", "unary")),
         Field("allow_unknown_metric", "bool", default=False),
+        Field("within_s", "number", default=DEFAULT_WITHIN_S, min=0),
     ],
     label=lambda p: f"cancellations_counted[{p['roles']}] {p['name']}{_labels_text(p['labels'])}",
 )
 def _cancellations_counted(p: dict, result: RunResult) -> tuple[bool, str]:
     """Every request the clients cancelled is counted by the server, exactly once: the metric's
     increase, summed over the matching roles, equals the number of `cancelled` records (of the
-    given request_type: stream or unary). No cancelled request is an empty set."""
+    given request_type: stream or unary). No cancelled request is an empty set. While the count
+    is short and `result.scrape` is set, re-scrape (as `metric_increased` does): a worker hears
+    of the last cancel one hop after the frontend, possibly after the run's final scrape."""
     roles = sorted(r for r in result.metrics_after if fnmatch.fnmatchcase(r, p["roles"]))
     if not roles:
         return False, f"no /metrics snapshot for roles '{p['roles']}' (have: {', '.join(sorted(result.metrics_after)) or 'none'})"
     labels = p["labels"] or {}
-    change = 0.0
-    for role in roles:
-        after, before = result.metrics_after[role], result.metrics_before.get(role)
-        if after.error or (before is not None and before.error):
-            return False, f"/metrics of '{role}' failed: {after.error or before.error}"
-        change += after.value(p["name"], **labels) - (before.value(p["name"], **labels) if before else 0.0)
     wanted = {"stream": True, "unary": False}.get(p["request_type"] or "")
     cancelled = sum(1 for r in result.records if r.outcome == CANCELLED and (wanted is None or r.stream == wanted))
-    detail = f"clients cancelled {cancelled}, server counted {_fmt(change)} ({', '.join(roles)})"
+
+    def counted() -> float | str:
+        change = 0.0
+        for role in roles:
+            after, before = result.metrics_after[role], result.metrics_before.get(role)
+            if after.error or (before is not None and before.error):
+                return f"/metrics of '{role}' failed: {after.error or before.error}"
+            change += after.value(p["name"], **labels) - (before.value(p["name"], **labels) if before else 0.0)
+        return change
+
+    change = counted()
+    waited = 0.0
+    if isinstance(change, float) and change < cancelled - 0.5 and result.scrape is not None:
+        budget = _wait_for(result, p["within_s"])
+        started = time.monotonic()
+        while (isinstance(change, float) and change < cancelled - 0.5
+               and time.monotonic() - started + _POLL_METRICS_S <= budget + _EPS):
+            time.sleep(_POLL_METRICS_S)
+            fresh = result.scrape() or {}
+            for role in roles:
+                if fresh.get(role) is not None and not fresh[role].error:
+                    result.metrics_after[role] = fresh[role]
+            change = counted()
+        waited = time.monotonic() - started
+    if isinstance(change, str):
+        return False, change
+    late = f", re-scraped for {waited:.1f}s" if waited else ""
+    detail = f"clients cancelled {cancelled}, server counted {_fmt(change)} ({', '.join(roles)}){late}"
     if cancelled == 0:
         empty = _empty(p, detail)
         if empty:

@@ -434,9 +434,13 @@ def test_frontend_sigkill_truncates_streams_and_recovers_after_restart(tmp_path)
     probe = drill.probe()
     # Cut without a terminator: no [DONE], no error event, no finish_reason.
     assert probe.outcome == "truncated" and probe.finish_reason is None and 0 < probe.output_tokens < PROBE_TOKENS
-    published = [l for lines in drill.worker_log_lines().values() for l in lines
-                 if f"Failed to publish response for stream {probe.request_id}" in l]
-    assert published, "no worker noticed the probe stream's client (the frontend) was gone"
+    # The worker hears of it on its response stream's read side ("tcp stream read error ...
+    # ConnectionReset"), its write side ("Failed to publish response"), or both: which comes
+    # first is a race inside Dynamo. Either way it stops generating ("request completed").
+    lines = [l for ls in drill.worker_log_lines().values() for l in ls if probe.request_id in l]
+    noticed = [l for l in lines if "Failed to publish response" in l or ("tcp stream read error" in l and "ConnectionReset" in l)]
+    assert noticed, "no worker noticed the probe stream's client (the frontend) was gone:\n" + "\n".join(lines)
+    assert any("request completed" in l for l in lines), "the probe's worker never stopped generating"
     records = drill.records()
     assert {r.outcome for r in records} <= {"ok", "truncated", "connection_error", "http_error"}
     _assert_404s_only_while_restarting(drill, records, restart_after_s=2)

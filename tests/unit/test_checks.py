@@ -572,6 +572,49 @@ def test_cancellations_counted_compares_client_cancels_with_server_counters():
     assert not verdict((1, 0), records=records[3:], check=allowing).passed
 
 
+def test_cancellations_counted_rescrapes_while_a_worker_has_not_heard_of_the_last_cancel(monkeypatch):
+    from ftlocust.checks import RunResult, build_checks, evaluate
+    from ftlocust.evidence import MetricsSnapshot
+    from ftlocust.records import CANCELLED, RequestRecord
+
+    monkeypatch.setattr(checks, "_POLL_METRICS_S", 0.01)
+
+    def snap(n):
+        return MetricsSnapshot(f'# TYPE dynamo_component_cancellation_total counter\n'
+                               f'dynamo_component_cancellation_total{{dynamo_endpoint="generate"}} {n}\n')
+
+    records = [RequestRecord(kind="chat-stream", endpoint="/v1/chat/completions", stream=True, outcome=CANCELLED)
+               for _ in range(3)]
+    (check,) = build_checks([{"check": "cancellations_counted", "roles": "worker-*", "within_s": 5,
+                              "name": "dynamo_component_cancellation_total"}])
+    calls = []
+
+    def scrape(late):  # worker-2 hears of its cancel on the third scrape, or never
+        calls.append(1)
+        return {"worker-1": snap(1), "worker-2": snap(2 if late and len(calls) >= 3 else 1)}
+
+    def result(late, after=(1, 1)):
+        return RunResult(records=records, fault_time=None, faults=[], phases={}, recovery={},
+                         metrics_before={"worker-1": snap(0), "worker-2": snap(0)},
+                         metrics_after={"worker-1": snap(after[0]), "worker-2": snap(after[1])},
+                         log_paths={}, expected_tokens=None, scrape=lambda: scrape(late), wait_budget_s=5)
+
+    r = result(late=True)
+    v = evaluate([check], r, builtin=False)[0]
+    assert v.passed and "server counted 3" in v.detail and "re-scraped" in v.detail and len(calls) == 3
+    assert r.metrics_after["worker-2"].value("dynamo_component_cancellation_total", dynamo_endpoint="generate") == 2
+    # never heard of: fails once within_s is spent
+    calls.clear()
+    (short,) = build_checks([{"check": "cancellations_counted", "roles": "worker-*", "within_s": 0.1,
+                              "name": "dynamo_component_cancellation_total"}])
+    v = evaluate([short], result(late=False), builtin=False)[0]
+    assert not v.passed and "server counted 2" in v.detail and 1 <= len(calls) <= 12
+    # counted twice is never waited for: a counter only grows
+    calls.clear()
+    v = evaluate([check], result(late=True, after=(2, 2)), builtin=False)[0]
+    assert not v.passed and "server counted 4" in v.detail and calls == []
+
+
 def _result_with(records, log_paths=None):
     return RunResult(records=records, fault_time=T_F, faults=[], phases=phase_stats(records, T_F), recovery={},
                      metrics_before={}, metrics_after={}, log_paths=log_paths or {}, expected_tokens=None,
