@@ -227,6 +227,12 @@ BUILTIN_KINDS: dict[str, str] = {
     "partition": "ftlocust.fault_kinds.partition",
     "pod-delete": "ftlocust.fault_kinds.k8s_pod_delete",
     "pod-signal": "ftlocust.fault_kinds.k8s_pod_signal",
+    "gpu-xid": "ftlocust.fault_kinds.gpu_xid",
+    "gpu-throttle": "ftlocust.fault_kinds.gpu_throttle",
+    "gpu-overheat": "ftlocust.fault_kinds.gpu_throttle",
+    "gpu-memory-pressure": "ftlocust.fault_kinds.gpu_load",
+    "gpu-compute-overload": "ftlocust.fault_kinds.gpu_load",
+    "fault-service": "ftlocust.fault_kinds.fault_service",
 }
 
 

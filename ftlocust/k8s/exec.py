@@ -1,10 +1,11 @@
 """Commands in a container over the API's exec WebSocket (no local process is started).
 
-The kinds send exactly two commands, both through the container's `sh` (POSIX, with cat, sed,
+The kinds send exactly three commands, all through the container's `sh` (POSIX, with cat, sed,
 tr and head; busybox will do):
 - `PROCESS_LIST`: every process the container sees, `pid<TAB>starttime<TAB>comm<TAB>argv0`;
 - `kill_command`: `kill -s NAME PID`, only if PID still has the start time seen when it was
-  listed (a pid reused by another process between the listing and the fault is not signalled).
+  listed (a pid reused by another process between the listing and the fault is not signalled);
+- `append_line_command`: one line appended to a file (`gpu-xid` from an agent pod: /dev/kmsg).
 A container without `sh` (distroless) cannot be signalled this way.
 """
 
@@ -48,6 +49,14 @@ def kill_command(pid: int, signal_name: str, start_time: int | None = None) -> l
         return ["sh", "-c", f"kill -s {name} {pid}"]
     check = _START_TIME.replace("$1", str(pid))
     return ["sh", "-c", f'{check}; [ "$st" = {int(start_time)} ] || exit {NOT_THAT_PROCESS}; kill -s {name} {pid}']
+
+
+def append_line_command(line: str, path: str) -> list[str]:
+    """`sh -c` argv appending one line to `path` (a kernel log: /dev/kmsg in a privileged agent
+    pod). The line travels as an argument, never through the shell's parser."""
+    if "\n" in line or not path.startswith("/"):
+        raise ValueError(f"append to {path!r}: expected one line and an absolute path")
+    return ["sh", "-c", 'printf \'%s\\n\' "$1" >> "$2"', "sh", line, path]
 
 
 def run_in_pod(kube: Kube, *, namespace: str, pod: str, container: str | None, argv: list[str],

@@ -49,7 +49,9 @@ container would see it: the backing process is pid 1, its descendants keep their
 start times) and `kill_command`'s `sh -c '[start-time check;] kill -s NAME PID'` (a signal
 only to a process of that pod's tree whose start time still matches, pid 1 mapped to the
 backing process; like the kernel, SIGKILL and SIGSTOP to pid 1 sent from inside its pid
-namespace are ignored) — and answers anything else with exit code 127.
+namespace are ignored) and `append_line_command` (the line appended to the local file the
+pod's `files` maps that container path to; an unmapped path: "Permission denied", exit 2) —
+and answers anything else with exit code 127.
 
 Every request is recorded (`requests`: method, path, query, body, authorization).
 """
@@ -70,7 +72,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ftlocust.k8s.exec import NOT_THAT_PROCESS, PROCESS_LIST, kill_command
+from ftlocust.k8s.exec import NOT_THAT_PROCESS, PROCESS_LIST, append_line_command, kill_command
 from tests.support.procfs import start_time
 
 _KILL = re.compile(r"(?:.*\[ \"\$st\" = (\d+) \] \|\| exit \d+; )?kill -s ([A-Z0-9]+) (\d+)")
@@ -156,6 +158,7 @@ class FakePod:
     logs: dict = field(default_factory=dict)  # container -> text, or a Path: a file read at each GET
     ports: dict = field(default_factory=dict)  # container port -> local TCP port on 127.0.0.1 serving it
     previous_logs: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)  # container path -> local Path (an agent's /dev/kmsg)
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: str = field(default_factory=_now)
     deletion: str | None = None
@@ -574,6 +577,13 @@ class FakeKube:
         return {1: pod.process.pid, **{p: p for p in _tree(pod.process.pid)}}
 
     def _run(self, pod: FakePod, argv: list[str]) -> tuple[int, str, str]:
+        if len(argv) == 6 and argv[:4] == append_line_command("x", "/x")[:4]:
+            line, path = argv[4], argv[5]
+            if path not in pod.files:
+                return 2, "", f"sh: 1: cannot create {path}: Permission denied\n"
+            with open(pod.files[path], "a") as f:
+                f.write(line + "\n")
+            return 0, "", ""
         if argv[:2] != ["sh", "-c"] or len(argv) != 3:
             return 127, "", f"exec: {argv[0] if argv else ''!r}: fake API server runs only ftlocust's commands\n"
         script = argv[2]
