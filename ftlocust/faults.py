@@ -17,6 +17,8 @@ and explicit hooks the drill asks instead of reaching into a kind:
     server_recovered(ctx)   that server view, polled (default: deployment.recovered(role))
     scheduled_recovery_s()  seconds after injection at which the drill calls recover() early
                             (default: the spec's `duration_s`)
+    close(ctx)              the run is over: free what preflight prepared (a helper process,
+                            an open file), fired or not
     reversible              the effect lasts until recover() lifts it (a stopped process, a
                             partition): only these take `duration_s`
 
@@ -216,6 +218,11 @@ class Fault:
 
     def scheduled_recovery_s(self) -> float | None:
         return self.spec.duration_s
+
+    def close(self, ctx: FaultContext) -> None:
+        """The run is over (after rollback, fired or not): free what preflight prepared — a
+        helper process, an open file — and release its guardian hold. Never undoes an effect:
+        that is recover()'s."""
 
 
 # --- the registry --------------------------------------------------------------------------------

@@ -270,10 +270,9 @@ class GpuXidFault(Fault):
         return self._role
 
     def recover(self, ctx: FaultContext) -> str | None:
-        self.close()
         return None  # nothing to undo: a kernel log line stays written
 
-    def close(self) -> None:
+    def close(self, ctx: FaultContext) -> None:
         if self._fd is not None:
             try:
                 os.close(self._fd)

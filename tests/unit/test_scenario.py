@@ -3,7 +3,9 @@ import os
 
 import pytest
 
+from ftlocust.checks import build_checks
 from ftlocust.errors import ConfigError
+from ftlocust.faults import build_faults
 from ftlocust.scenario import (FaultSpec, Scenario, StopSpec, TargetSpec, TriggerSpec, apply_overrides, load_flags,
                                load_scenario, scenario_from_dict, validate_triggers)
 
@@ -12,12 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_shipped_scenarios_load():
     names = []
-    for folder in (os.path.join(ROOT, "configs", sub) for sub in ("scenarios", "dynamo", "k8s")):
+    for folder in (os.path.join(ROOT, "configs", sub) for sub in ("scenarios", "dynamo", "k8s", "gpu")):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".yaml"):
                 scenario = load_scenario(os.path.join(folder, name))
                 assert scenario.name
                 validate_triggers(scenario, total_budget=None, run_time_s=None)
+                build_faults(scenario.faults)  # every kind's own fields too
+                build_checks(scenario.checks)
                 names.append(name)
     assert "migration.yaml" in names and "decode-worker-pod.yaml" in names and len(names) >= 3
 
@@ -41,10 +45,10 @@ def _fault(**trigger):
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"name": "x", "bogus": 1}, "s.yaml: bogus: unknown field (expected one of checks, faults, load, name, plugins, "
-                                    "probe, stop, target)"),
-        ({"name": "x", "prob": {}}, "s.yaml: prob: unknown field (expected one of checks, faults, load, name, plugins, "
-                                    "probe, stop, target); did you mean 'probe'?"),
+        ({"name": "x", "bogus": 1}, "s.yaml: bogus: unknown field (expected one of checks, faults, gpu, load, name, "
+                                    "plugins, probe, stop, target)"),
+        ({"name": "x", "prob": {}}, "s.yaml: prob: unknown field (expected one of checks, faults, gpu, load, name, "
+                                    "plugins, probe, stop, target); did you mean 'probe'?"),
         ({}, "s.yaml: name: missing (required)"),
         ({"name": ""}, "s.yaml: name: expected a non-empty string, got ''"),
         ({"name": 5}, "s.yaml: name: expected a non-empty string, got 5"),
