@@ -85,6 +85,7 @@ class RunResult:
     - `rollbacks`: one dict per rollback step that ran: {fault, action, at, ok, error}.
     - `lost_workers`: one dict per Locust worker lost mid-run: {worker, lost_at, in_flight, unsent}.
     - `wait_budget_s`: the most all checks of one `evaluate` may wait in total.
+    - `gpu_samples`: the GPU monitor's samples (`ftlocust.gpu.GpuSample`), [] when none ran.
     """
 
     records: list[RequestRecord] = field(default_factory=list)
@@ -101,6 +102,7 @@ class RunResult:
     lost_workers: list[dict] = field(default_factory=list)
     scrape: Callable[[], dict[str, MetricsSnapshot]] | None = None
     wait_budget_s: float = DEFAULT_WAIT_BUDGET_S
+    gpu_samples: list = field(default_factory=list)
     wait_deadline: float | None = field(default=None, repr=False, compare=False)  # set by evaluate()
 
     @classmethod
@@ -290,6 +292,9 @@ def _type_error(f: Field, value: Any, where: str) -> ConfigError | None:
                 for k, x in value.items()
             ):
                 return v.error(where, "a mapping of label name to value", value)
+        elif t == "int_or_str":  # a GPU: index, UUID or PCI bus id
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 0 or isinstance(value, str) and value):
+                return v.error(where, "an index (>= 0) or a non-empty string", value)
         elif t == "str_list":
             if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
                 return v.error(where, "a list of strings", value)
@@ -358,6 +363,12 @@ def _validate_extra(kind: str, params: dict, where: str) -> None:
         if not is_known_metric(metric):
             raise v.error(v.at(where, "name"), "a metric of the target's catalogue (set allow_unknown_metric: true "
                           "to use another)", metric, v.did_you_mean(metric, KNOWN_METRICS))
+    if kind == "gpu_metric":
+        from ftlocust.gpu_monitor import validate_window
+
+        validate_window(params["window"], v.at(where, "window"))
+        if params["min"] is None and params["max"] is None:
+            raise v.missing(v.at(where, "min"), "min or max, or both")
     if params.get("regex") and "pattern" in params:
         try:
             re.compile(params["pattern"])
@@ -841,3 +852,53 @@ def _fault_window(p: dict, result: RunResult) -> tuple[bool, str]:
               f"{d['stalled']} stalled (>= {w['stall_s']:g} s more than usual), {d['cut_streams']} cut; after: {a['count']}, "
               f"{a['success']} ok, {a['failed']} failed, {a['stalled']} stalled")
     return not problems, ("; ".join(problems) + " — " + detail) if problems else detail
+
+
+@register_check(
+    "gpu_metric",
+    [
+        Field("field", "str", required=True, choices=("util_pct", "mem_used_mib", "temp_c", "sm_clock_mhz", "power_w")),
+        Field("stat", "str", default="max", choices=("min", "mean", "max")),
+        Field("window", "str", default="run"),  # before | spanning | after | run | fault:<name>
+        Field("gpu", "int_or_str", default=None),  # index, UUID or PCI bus id; None: every monitored GPU
+        Field("min", "number", default=None),
+        Field("max", "number", default=None),
+    ],
+    label=lambda p: (f"gpu_metric[{p['window']}] {p['stat']} {p['field']}"
+                     + ("" if p["gpu"] is None else f" of GPU {p['gpu']}")
+                     + ("" if p["min"] is None else f" >= {_fmt(p['min'])}")
+                     + ("" if p["max"] is None else f" <= {_fmt(p['max'])}")),
+)
+def _gpu_metric(p: dict, result: RunResult) -> tuple[bool, str]:
+    """A GPU figure of one window (`ftlocust.gpu_monitor.summarize`, the summary's `gpus`)
+    within [min, max], for the GPU named (or every monitored one). No sample in the window —
+    the monitor never ran, the fault never happened — is an empty set."""
+    from ftlocust import gpu_monitor
+
+    gpus = gpu_monitor.summarize(result.gpu_samples, result.faults)
+    if p["gpu"] is not None:
+        gpus = [g for g in gpus if gpu_monitor.matches(g, p["gpu"])]
+    what = f"{p['stat']} {p['field']} in window '{p['window']}'"
+    judged, problems, empty = [], [], []
+    for g in gpus:
+        w = gpu_monitor.window_of(g, p["window"])
+        value = (w.get(p["field"]) or {}).get(p["stat"]) if w else None
+        if value is None:
+            empty.append(f"GPU {g['index']}")
+            continue
+        judged.append(f"GPU {g['index']} {_fmt(value, 1)} ({w['samples']} samples)")
+        if (p["min"] is not None and value < p["min"] - _EPS) or (p["max"] is not None and value > p["max"] + _EPS):
+            problems.append(f"GPU {g['index']} {_fmt(value, 1)}")
+    bound = " and ".join(b for b in (None if p["min"] is None else f">= {_fmt(p['min'])}",
+                                     None if p["max"] is None else f"<= {_fmt(p['max'])}") if b)
+    if not gpus or empty:
+        who = "no GPU sampled" + ("" if p["gpu"] is None else f" matching {p['gpu']!r}") if not gpus \
+            else f"no {p['field']} sample of {', '.join(empty)}"
+        verdict = _empty(p, f"{who} in window '{p['window']}'")
+        if verdict:
+            return verdict
+        if not judged:
+            return True, f"{who} in window '{p['window']}' (allow_empty)"
+    if problems:
+        return False, f"{what} not {bound}: {', '.join(problems)}; judged: {', '.join(judged)}"
+    return True, f"{what} {bound}: {', '.join(judged)}"

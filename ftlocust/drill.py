@@ -28,7 +28,8 @@ from typing import Any, Callable
 import gevent
 
 from ftlocust import checks as checks_module
-from ftlocust import evidence, guardian, phases, plot, report, targets, validation
+from ftlocust import gpu_monitor
+from ftlocust import evidence, failover, guardian, phases, plot, report, targets, validation
 from ftlocust.errors import ConfigError
 from ftlocust.faults import Fault, FaultContext, build_faults
 from ftlocust.records import RequestLog, RequestRecord
@@ -51,6 +52,7 @@ class DrillOptions:
     target_kind: str | None = None  # --ft-target: another embedded kind than the scenario's
     run_time_s: float | None = None  # -t, for triggers that could never fire
     expected_tokens: int | None = None
+    gpu_monitor: str | None = None  # --ft-gpu-monitor: auto | on | off; None: the scenario's gpu.monitor
 
 
 class Drill:
@@ -77,6 +79,7 @@ class Drill:
         self.server_recovery: dict[str, float | None] = {}  # fault name → server-view recovery (s)
         self.rollbacks: list[dict] = []  # the rollback journal: one entry per recover() that ran
         self.lost_workers: list[dict] = []  # Locust workers that vanished mid-run
+        self.gpu_plan: gpu_monitor.Plan | None = None  # set up: the GPU monitor (or why none)
         self.probe_request_id: str | None = None
         self.summary: dict | None = None
         self.table = ""
@@ -110,6 +113,7 @@ class Drill:
         self.checks = checks_module.build_checks(self.scenario.checks, where=f"{where}: checks")
         self.faults = build_faults(self.scenario.faults, where=f"{where}: faults")
         validate_triggers(self.scenario, total_budget=o.total_budget, run_time_s=o.run_time_s)
+        self._plan_gpu_monitor()
         reused = deployment is not None
         if not reused:
             run_dir = os.path.join(self.options.artifacts_dir, "deployment")
@@ -121,6 +125,8 @@ class Drill:
                 self.deployment.start()  # starts nothing: captures the named processes' identities
             for fault in self.faults:  # resolved as far as possible without starting anything
                 fault.preflight(self.ctx)
+                if fault.spec.failover is not None:
+                    failover.preflight(fault.spec.failover, self.deployment, started=False)
             return
         log_path = os.path.join(self.options.artifacts_dir, "requests.jsonl")
         if os.path.exists(log_path):  # one folder, one run: never mix two runs' requests
@@ -135,6 +141,8 @@ class Drill:
             self._start_deployment()
         for fault in self.faults:
             fault.preflight(self.ctx)
+            if fault.spec.failover is not None:
+                failover.preflight(fault.spec.failover, self.deployment)
         self.metrics_before = self._snapshot_metrics("before")
 
     def _start_deployment(self) -> None:
@@ -164,8 +172,13 @@ class Drill:
         cutter = self.deployment.partitioner if self.deployment is not None else None
         if cutter is not None:
             lines += ["  " + line for line in cutter.describe().splitlines()]
-        lines += [f"  fault {i + 1}: {f.describe()}" for i, f in enumerate(self.faults)]
+        lines += [f"  fault {i + 1}: {f.describe()}" + (f"; then {failover.describe(f.spec.failover)}"
+                                                        if f.spec.failover is not None else "")
+                  for i, f in enumerate(self.faults)]
         lines += [f"  check: {c.name}" for c in self.checks]
+        m = self.gpu_monitor
+        lines.append(f"  GPU monitor: GPUs {', '.join(str(i) for i in m.indices)} every {m.interval_s:g} s" if m
+                     else f"  GPU monitor: off ({self.gpu_plan.reason if self.gpu_plan else 'not set up'})")
         return "\n".join(lines)
 
     def next_run(self, artifacts_dir: str) -> "Drill":
@@ -212,6 +225,11 @@ class Drill:
 
     def load_started(self) -> None:
         self.load_started_at = time.time()
+        if self.gpu_monitor is not None:  # the request log's window: load start to the end of the run
+            try:
+                self.gpu_monitor.start(os.path.join(self.options.artifacts_dir, gpu_monitor.JSONL_NAME))
+            except OSError as e:
+                log.error("GPU monitor: cannot write %s: %s", gpu_monitor.JSONL_NAME, e)
         for i, fault in self._triggered():
             seconds = fault.spec.trigger.after_seconds
             if seconds is not None:
@@ -280,6 +298,8 @@ class Drill:
         phases.TIMELINE.record_fault(event)
         self.broadcast(event.to_dict())
         log.info("fault %s in effect at %.3f", fault.name, event.injected_at)
+        if fault.spec.failover is not None:  # its own greenlet: the injection never waits for a wake
+            self._greenlets.append(gevent.spawn(self._failover, fault, event))
         early = fault.scheduled_recovery_s()
         if early is not None:
             self._greenlets.append(gevent.spawn_later(early, self._recover, fault, "scheduled"))
@@ -304,6 +324,27 @@ class Drill:
             fault.event.rolled_back_at = at
         self.rollbacks.append({"fault": fault.name, "reason": reason, "action": action, "at": at, "ok": True,
                                "error": None})
+
+    def _failover(self, fault: Fault, event: phases.FaultEvent) -> None:
+        """The fault's recovery action: wake its shadow engine `delay_s` after injection."""
+        spec = fault.spec.failover
+        gevent.sleep(max(0.0, event.injected_at + spec.delay_s - time.time()))
+        record = failover.run(spec, self.deployment)
+        event.detail["failover"] = record
+        if record["ok"]:
+            log.info("failover after %s: woke %s (%s API) %.3f s after the fault", fault.name, spec.wake, spec.api,
+                     record["woken_at"] - event.injected_at)
+        else:
+            log.error("failover after %s: waking %s failed: %s", fault.name, spec.wake, record["error"])
+
+    @staticmethod
+    def _failover_record(fault: Fault) -> dict:
+        """What the fault's failover did; one the run ended before (delay_s, a wake under way) is not run."""
+        spec = fault.spec.failover
+        record = fault.event.detail.setdefault("failover", {
+            "role": spec.wake, "api": spec.api, "woken_at": None, "ok": False,
+            "error": "not run: the run ended first"})
+        return dict(record, fault=fault.name)
 
     def _stop_after_recovery(self) -> None:
         log.info("recovery window of %.1f s after the last fault is over: stopping", self.scenario.stop.recovery_window_s)
@@ -390,6 +431,11 @@ class Drill:
             g.kill(block=False)
         for fault in reversed(self._injection_order):
             self._recover(fault, "end of run")
+        for fault in self.faults:  # what preflight prepared: a helper process, an open file
+            try:
+                fault.close(self.ctx)
+            except Exception as e:
+                log.error("closing fault %s failed: %s", fault.name, e)
         log_paths: dict[str, str] = {}
         try:
             if self.deployment is not None:
@@ -399,6 +445,7 @@ class Drill:
             evidence.collect_logs(log_paths, self.options.artifacts_dir)
         except Exception as e:
             log.error("collecting evidence failed: %s", e)
+        self._stop_gpu_monitor()  # after rollback and the last evidence: the run's whole window
         try:
             code = self._verdicts(log_paths)
             self.exit_code = None if code == 0 and not self.checks else code
@@ -413,6 +460,7 @@ class Drill:
     def stop_target(self) -> None:
         """Tear the embedded target down, then let the guardian go (what it still holds — a
         rollback that failed — it runs once this process exits)."""
+        self._stop_gpu_monitor()  # set up but never started (a failed set-up): NVML is let go
         if self.deployment is not None:
             try:
                 self.deployment.stop()
@@ -420,6 +468,24 @@ class Drill:
                 log.error("stopping the deployment failed: %s", e)
         if self.guardian is not None:
             self.guardian.close()
+
+    @property
+    def gpu_monitor(self) -> "gpu_monitor.Monitor | None":
+        return self.gpu_plan.monitor if self.gpu_plan is not None else None
+
+    def _plan_gpu_monitor(self) -> None:
+        """Before any process starts: `on` without NVML or a GPU is a one-line ConfigError."""
+        self.gpu_plan = gpu_monitor.plan(self.scenario.gpu, self.options.gpu_monitor,
+                                         validation.at(self.scenario.where, "gpu"))
+        if self.gpu_plan.monitor is None and self.gpu_plan.mode != gpu_monitor.OFF:
+            log.info("GPU monitor off: %s", self.gpu_plan.reason)
+
+    def _stop_gpu_monitor(self) -> None:
+        if self.gpu_monitor is not None:
+            self.gpu_monitor.stop()
+
+    def _gpu_samples(self) -> list:
+        return list(self.gpu_monitor.samples) if self.gpu_monitor is not None else []
 
     def _log_paths(self) -> dict[str, str]:
         if self.deployment is None:
@@ -448,6 +514,7 @@ class Drill:
             expected_tokens=self.options.expected_tokens,
             rollbacks=list(self.rollbacks),
             lost_workers=list(self.lost_workers),
+            gpu_samples=self._gpu_samples(),
             scrape=(lambda: evidence.scrape_all(urls, timeout_s=2.0)) if urls else None,
         )
         verdicts = checks_module.evaluate(self.checks, result)
@@ -467,11 +534,16 @@ class Drill:
         )
         self.summary["rollbacks"] = list(self.rollbacks)  # the journal: what was undone, when, whether it worked
         self.summary["lost_workers"] = list(self.lost_workers)
+        self.summary["gpu_monitor"] = self.gpu_plan.status() if self.gpu_plan else None
+        self.summary["gpus"] = gpu_monitor.summarize(result.gpu_samples, events, self.gpu_monitor.gpus) \
+            if self.gpu_monitor is not None else []
+        self.summary["failovers"] = [self._failover_record(f) for f in self.faults
+                                     if f.spec.failover is not None and f.event is not None and f.event.injected]
         self.table = report.results_table([self.summary])
         report.write_artifacts(self.options.artifacts_dir, self.summary, self.table, verdicts)
         try:
             png = plot.timeline_png(self.records, events, os.path.join(self.options.artifacts_dir, "timeline.png"),
-                                    title=f"{self.scenario.name}: requests over time")
+                                    title=f"{self.scenario.name}: requests over time", gpu_samples=result.gpu_samples)
         except Exception as e:  # a picture must never cost the verdicts
             log.error("drawing the timeline failed: %s", e)
             png = None

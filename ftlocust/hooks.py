@@ -38,7 +38,7 @@ from ftlocust import phases, plugins, targets, validation
 from ftlocust.drill import Drill, DrillOptions
 from ftlocust.errors import ConfigError
 from ftlocust.records import RequestRecord
-from ftlocust.options import check_run_flags, run_flag_type
+from ftlocust.options import check_run_flags, gpu_monitor_flag_type, run_flag_type
 from ftlocust.scenario import Scenario, TargetSpec, load_flags, load_scenario
 
 log = logging.getLogger("ftlocust")
@@ -96,6 +96,9 @@ def _add_flags(parser) -> None:
                    help="The kubeconfig context (target.options.context; the file is $KUBECONFIG or ~/.kube/config)")
     g.add_argument("--ft-target-token-delay", env_var="FTLOCUST_TARGET_TOKEN_DELAY", type=run_flag_type("ft_target_token_delay"), default=None,
                    metavar="S", help="Seconds per generated token on the reference deployment's workers")
+    g.add_argument("--ft-gpu-monitor", env_var="FTLOCUST_GPU_MONITOR", type=gpu_monitor_flag_type(), default=None,
+                   metavar="auto|on|off", help="Sample the GPUs (NVML) from load start to the end of the run: auto "
+                   "(when NVML sees a GPU), on (required: none is an error), off (default: the scenario's gpu.monitor, auto)")
 
 
 def _artifacts_dir(opts) -> str:
@@ -151,6 +154,7 @@ def _drill_options(environment, opts) -> DrillOptions:
         target_kind=opts.ft_target or None,
         run_time_s=getattr(opts, "run_time", None) or None,
         expected_tokens=getattr(opts, "ft_output_tokens", None),
+        gpu_monitor=getattr(opts, "ft_gpu_monitor", None),
     )
 
 
@@ -219,6 +223,10 @@ def _on_init(environment, **_kw) -> None:
     if drill.host and not environment.host:
         environment.host = drill.host
     log.info("artifacts: %s", options.artifacts_dir)
+    if _web_ui(environment) and drill.gpu_monitor is not None:
+        from ftlocust import webui_tabs
+
+        webui_tabs.register_tab(environment.web_ui, webui_tabs.gpu_tab(lambda: drill.gpu_monitor if drill else None))
     if isinstance(runner, MasterRunner):
         _watch = WorkerWatch(runner)
     runner.register_message("ft_record", _on_record_message)

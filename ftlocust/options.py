@@ -182,6 +182,13 @@ def run_flag_type(dest: str) -> Callable[[str], Any]:
     return _argparse_type(lambda text: run_flag(dest, text))
 
 
+def gpu_monitor_flag_type() -> Callable[[str], Any]:
+    """`--ft-gpu-monitor`'s argparse `type=`: auto | on | off (ftlocust.gpu_monitor)."""
+    from ftlocust.gpu_monitor import parse_flag
+
+    return _argparse_type(lambda text: parse_flag(text, "--ft-gpu-monitor"))
+
+
 # --- Locust wiring ------------------------------------------------------------------------------
 
 

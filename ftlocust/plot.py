@@ -48,7 +48,10 @@ def fault_marks(faults: Iterable[FaultEvent]) -> list[tuple[float, str, FaultEve
     return marks
 
 
-def timeline_png(records: Sequence[RequestRecord], faults: Iterable[FaultEvent], path: str, title: str = "") -> str:
+def timeline_png(records: Sequence[RequestRecord], faults: Iterable[FaultEvent], path: str, title: str = "",
+                 gpu_samples: Sequence = ()) -> str:
+    """`gpu_samples` (the GPU monitor's): two more rows on the same time axis, util % and memory
+    used, SM clock and power (`ftlocust.gpu_monitor.draw`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,7 +60,16 @@ def timeline_png(records: Sequence[RequestRecord], faults: Iterable[FaultEvent],
     faults = injected_faults(faults)
     done = sorted((r for r in records if r.end_wall and r.start_wall), key=lambda r: r.start_wall)
     t0 = min([r.start_wall for r in done] + [f.injected_at for f in faults], default=0.0)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=(3, 1.4))
+    if gpu_samples:
+        fig, (top, bottom, gpu_load, gpu_power) = plt.subplots(4, 1, figsize=(11, 10.5), sharex=True,
+                                                               height_ratios=(3, 1.4, 1.4, 1.4))
+        from ftlocust.gpu_monitor import draw
+
+        draw(gpu_load, gpu_power, gpu_samples, t0)
+        rows = (top, bottom, gpu_load, gpu_power)
+    else:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=(3, 1.4))
+        rows = (top, bottom)
     by_outcome: dict[str, list[tuple[float, float, int]]] = {}
     for i, r in enumerate(done):
         by_outcome.setdefault(r.outcome, []).append((r.start_wall - t0, r.end_wall - r.start_wall, i))
@@ -82,7 +94,7 @@ def timeline_png(records: Sequence[RequestRecord], faults: Iterable[FaultEvent],
     bottom.bar(xs, ok_per_s, width=1.0, color=OUTCOME_COLOURS[OK], label="ok / s")
     bottom.bar(xs, failed_per_s, width=1.0, bottom=ok_per_s, color="#c62828", label="failed / s")
     bottom.set_ylabel("finished / s")
-    bottom.set_xlabel("seconds since the first request")
+    rows[-1].set_xlabel("seconds since the first request")
     ratio = bottom.twinx()
     ratios = [(x, ok / (ok + bad)) for x, ok, bad in zip(xs, ok_per_s, failed_per_s) if ok + bad]
     if ratios:
@@ -92,7 +104,7 @@ def timeline_png(records: Sequence[RequestRecord], faults: Iterable[FaultEvent],
 
     for when, mark, fault in fault_marks(faults):
         colour, style, width = MARK_STYLES[mark]
-        for axis in (top, bottom):
+        for axis in rows:
             axis.axvline(when - t0, color=colour, linestyle=style, linewidth=width)
         if mark == "injected":
             top.annotate(f"{fault.name} ({fault.target})", xy=(when - t0, 1.0), xycoords=("data", "axes fraction"),

@@ -340,6 +340,9 @@ def write_html(dir: str, summary: Mapping, table_text: str, timeline_png: str | 
     if timeline_png and os.path.isfile(timeline_png):
         with open(timeline_png, "rb") as f:
             image = f'<img alt="timeline" src="data:image/png;base64,{base64.b64encode(f.read()).decode()}">'
+    from ftlocust.gpu_monitor import report_html
+
+    gpu_section = report_html(summary)  # the GPU monitor's figures per window (its series: the timeline)
     passed = summary.get("passed")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ftlocust — {esc(str(summary.get('scenario')))}</title>
@@ -358,6 +361,7 @@ img {{ max-width: 100%; }}
 <table>{verdict_rows}</table>
 <h2>Results</h2><pre>{esc(table_text)}</pre>
 <h2>Timeline</h2>{image or '<p>no timeline</p>'}
+{gpu_section}
 <h2>Phases</h2><table><tr><th></th>{''.join(f'<th>{g}</th>' for g in groups)}</tr>{phase_rows}</table>
 <h2>Recovery</h2><p>seconds from each fault; whole run: against the first injected fault</p>
 <table><tr><th></th>{rec_head}</tr>{recovery_rows}<tr><th>startup_s</th><td>{format_cell(summary.get('startup_s'))}</td></tr></table>

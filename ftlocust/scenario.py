@@ -4,7 +4,7 @@ Loaded from YAML (`configs/scenarios/*.yaml`) or built in a locustfile; every fi
 here, values as well as keys, so a typo is a one-line `ConfigError` naming the file and the
 field, before any process starts or load runs (the shape is `ftlocust.validation`'s:
 `x.yaml: probe.max_tokens: expected an integer >= 1, got 'many'`). A fault's own fields (all but
-kind, target, name, trigger, duration_s, repeat) go to `FaultSpec.params` and are checked by its
+kind, target, name, trigger, duration_s, repeat, failover) go to `FaultSpec.params` and are checked by its
 kind; `checks` are
 built (and checked) by `ftlocust.checks.build_checks` once plugins have registered theirs.
 
@@ -27,10 +27,10 @@ import yaml
 from ftlocust import validation as v
 from ftlocust.validation import at
 
-SCENARIO_FIELDS = ("name", "target", "faults", "checks", "stop", "probe", "load", "plugins")
+SCENARIO_FIELDS = ("name", "target", "faults", "checks", "stop", "probe", "load", "plugins", "gpu")
 TARGET_FIELDS = ("kind", "workers", "migration_limit", "options", "metrics", "logs", "pids")
 EXTERNAL_ONLY = ("metrics", "logs", "pids")
-FAULT_FIELDS = ("kind", "target", "trigger", "name", "duration_s", "repeat")  # the rest: the kind's own (params)
+FAULT_FIELDS = ("kind", "target", "trigger", "name", "duration_s", "repeat", "failover")  # the rest: the kind's own (params)
 REPEAT_FIELDS = ("every_s", "count")
 TRIGGERS = ("after_requests", "after_seconds", "mid_stream_chunks")
 STOP_FIELDS = ("recovery_window_s", "health_poll_s")
@@ -87,6 +87,7 @@ class FaultSpec:
     source: str = field(default="", compare=False)
     duration_s: float | None = None  # a reversible fault is lifted this long after it is in effect
     repeat: "RepeatSpec | None" = None  # flapping: the fault again every_s after each occurrence
+    failover: Any = None  # ftlocust.failover.FailoverSpec: wake a sleeping engine once the fault is in effect
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Scenario:
     load: dict[str, Any] = field(default_factory=dict)  # flag values for the load flags' defaults (key → value)
     source: str = ""  # the file it was read from
     plugins: list[str] = field(default_factory=list)  # module names or .py paths, as written
+    gpu: Any = field(default_factory=lambda: _gpu_spec(None, "gpu"))  # ftlocust.gpu_monitor.GpuSpec
 
     @property
     def where(self) -> str:
@@ -167,8 +169,15 @@ def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:
         load=load_from_dict(d.get("load"), at(root, "load")),
         source=source,
         plugins=plugins_from_list(d.get("plugins"), at(root, "plugins")),
+        gpu=_gpu_spec(d.get("gpu"), at(root, "gpu")),
     )
     return scenario
+
+
+def _gpu_spec(data: Any, where: str) -> Any:
+    from ftlocust.gpu_monitor import gpu_spec_from_dict  # the GPU monitor's own section
+
+    return gpu_spec_from_dict(data, where)
 
 
 def target_from_dict(data: Any, where: str) -> TargetSpec:
@@ -219,10 +228,16 @@ def fault_from_dict(data: Any, where: str) -> FaultSpec:
             raise v.error(at(at(where, "repeat"), "every_s"),
                           f"more than duration_s {v.fmt(duration)} (each occurrence is lifted before the next)",
                           r["every_s"])
+    failover = None
+    if d.get("failover") is not None:
+        from ftlocust.failover import failover_from_dict
+
+        failover = failover_from_dict(d["failover"], at(where, "failover"))
     return FaultSpec(
         kind=kind,
         target=target,
         trigger=trigger_from_dict(d["trigger"], at(where, "trigger")),
+        failover=failover,
         params={k: value for k, value in d.items() if k not in FAULT_FIELDS},
         name=f"{kind}:{target}" if name is None else v.string(name, at(where, "name")),
         source=where,

@@ -30,6 +30,12 @@ class Deployment(Protocol):
 
     Roles are names like `frontend`, `worker-1`; `worker_roles()` are the ones serving requests
     (where `serving-worker` is looked for). Every method takes a role from `roles()`.
+
+    Optional, looked up with getattr by what needs them (the reference target has all three):
+    `gpu_pci(role) -> str | None` (the PCI bus id of role's GPU: `gpu-xid` by role),
+    `kernel_log_path() -> str | None` (the stand-in kernel log its workers watch: `gpu-xid`
+    with `kernel_log: deployment`), `engine_url(role) -> str | None` (base URL of role's
+    engine sleep / wake endpoints: a fault's `failover:`, `ftlocust.failover`).
     """
 
     base_url: str | None  # the OpenAI-compatible frontend, once started

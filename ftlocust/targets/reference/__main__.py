@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inhibit-s", type=float, default=5.0, help="skip a worker that refused a connection")
     p.add_argument("--engine-core", default=None, metavar="NAME",
                    help="each worker runs a child named NAME (e.g. VLLM::EngineCore) and exits 1 when it dies")
+    p.add_argument("--kernel-log", action="store_true",
+                   help="workers watch RUN_DIR/kernel.log for XID lines naming their GPU (exit 1 on one)")
+    p.add_argument("--asleep", action="append", default=None, metavar="ROLE",
+                   help="start this worker asleep (registered, not serving); repeatable")
     p.add_argument("--startup-timeout-s", type=float, default=60.0)
     p.add_argument("--log-level", default="INFO")
     return p
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             context_length=args.context_length, lease_ttl_s=args.lease_ttl_s,
             drain_timeout_s=args.drain_timeout_s, frontend_drain_timeout_s=args.frontend_drain_timeout_s,
             inhibit_s=args.inhibit_s, engine_core=args.engine_core, startup_timeout_s=args.startup_timeout_s,
+            kernel_log=args.kernel_log, asleep=args.asleep,
             log_level=args.log_level,
         )
         dep.start()

@@ -10,6 +10,12 @@ lab made at start() and deleted at stop() (the guardian deletes it if the driver
 process listens on its namespace's address, all traffic between roles crosses the lab's router
 namespace, where `partition` faults cut it. The driver (Locust) stays in the root namespace and
 reaches the frontend through the lab's one route.
+
+Each worker has a GPU identity (`gpus`, default synthetic PCI bus ids: worker-k on
+`00000000:{0x18+k}:00.0`, the fake NVML's GPU k-1); with `kernel_log=True` every worker watches
+`run_dir/kernel.log` (a stand-in for the kernel log, where a `gpu-xid` fault writes) for XID
+lines naming its GPU. `asleep` starts workers in sleep mode; `engine_url(role)` is where their
+sleep / wake endpoints are (`ftlocust.failover`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 
 import ftlocust
 from ftlocust.errors import ConfigError
+from ftlocust.gpu import pci_key
 from ftlocust.targets.local import NETWORKS, GroupProcesses, NamespacedRoles, ProcessGroup, ProcessSpec, http_get_status
 from ftlocust.targets.reference import client
 from ftlocust.targets.reference.events import EventLog
@@ -66,6 +73,10 @@ class ReferenceDeployment(NamespacedRoles, GroupProcesses):
         rejection_status: int = 503,
         prefill_workers: int = 1,
         engine_core: str | None = None,
+        kernel_log: bool = False,
+        gpus: list[str] | None = None,
+        asleep: list[str] | None = None,
+        wake_wait_s: float = 5.0,
         network: str = "loopback",
         startup_timeout_s: float = 60.0,
         stop_grace_s: float = 15.0,
@@ -93,6 +104,9 @@ class ReferenceDeployment(NamespacedRoles, GroupProcesses):
                                        and not any(c.isspace() for c in engine_core)),
                "engine_core", engine_core, "null or a process name without whitespace (e.g. VLLM::EngineCore)")
         _check(network in NETWORKS, "network", network, " or ".join(NETWORKS))
+        _check(isinstance(kernel_log, bool), "kernel_log", kernel_log, "true or false")
+        _check(isinstance(wake_wait_s, (int, float)) and not isinstance(wake_wait_s, bool) and wake_wait_s >= 0,
+               "wake_wait_s", wake_wait_s, "a number >= 0")
         self.run_dir = os.path.abspath(os.fspath(run_dir))
         self.workers = workers
         self.port = port
@@ -113,6 +127,10 @@ class ReferenceDeployment(NamespacedRoles, GroupProcesses):
         self.rejection_status = rejection_status
         self.prefill_workers = prefill_workers if disagg else 0
         self.engine_core = engine_core
+        self.kernel_log = kernel_log
+        self.wake_wait_s = float(wake_wait_s)
+        self.gpus = self._check_gpus(gpus)
+        self.asleep = self._check_asleep(asleep)
         self.startup_timeout_s = float(startup_timeout_s)
         self.stop_grace_s = float(stop_grace_s)
         self.log_level = log_level
@@ -139,6 +157,48 @@ class ReferenceDeployment(NamespacedRoles, GroupProcesses):
 
     def roles(self) -> list[str]:
         return [self.frontend_role] + self.worker_roles()
+
+    def _check_gpus(self, gpus) -> dict[str, str]:
+        """role -> PCI bus id: one per worker role, in worker_roles() order; default synthetic."""
+        roles = self.worker_roles()
+        if gpus is None:
+            return {role: f"00000000:{0x18 + k:02X}:00.0" for k, role in enumerate(roles, 1)}
+        _check(isinstance(gpus, list) and all(isinstance(g, str) and pci_key(g) is not None for g in gpus),
+               "gpus", gpus, "a list of PCI bus ids like 00000000:19:00.0")
+        _check(len(gpus) == len(roles), "gpus", gpus, f"one PCI bus id per worker ({len(roles)}: {', '.join(roles)})")
+        _check(len({pci_key(g) for g in gpus}) == len(gpus), "gpus", gpus, "distinct PCI bus ids")
+        return dict(zip(roles, gpus))
+
+    def _check_asleep(self, asleep) -> list[str]:
+        roles = self.worker_roles()
+        if asleep is None:
+            return []
+        _check(isinstance(asleep, list) and all(isinstance(r, str) for r in asleep), "asleep", asleep,
+               "a list of worker roles")
+        for role in asleep:
+            _check(role in roles, "asleep", asleep, f"worker roles ({', '.join(roles)}), not {role!r}")
+        serving = [r for r in roles if not r.startswith("prefill-")]
+        _check(any(r not in asleep for r in serving), "asleep", asleep,
+               "at least one serving worker awake (the start-up request needs one)")
+        return list(asleep)
+
+    def gpu_pci(self, role: str) -> str | None:
+        """The PCI bus id of the GPU role runs on (None for the frontend)."""
+        self._known_role(role)
+        return self.gpus.get(role)
+
+    def kernel_log_path(self) -> str | None:
+        """The file the workers watch for XID lines (`kernel_log=True`), else None."""
+        return os.path.join(self.run_dir, "kernel.log") if self.kernel_log else None
+
+    def engine_url(self, role: str) -> str | None:
+        """Base URL of role's engine-control endpoints (/engine/sleep, /engine/wake_up, ...):
+        the worker's own port. None for the frontend or a worker not started yet."""
+        self._known_role(role)
+        if role == self.frontend_role:
+            return None
+        info = self._read_addr(role)
+        return info["url"] if info else None
 
     def _addr_path(self, role: str) -> str:
         return os.path.join(self.addr_dir, f"{role}.json")
@@ -209,6 +269,7 @@ class ReferenceDeployment(NamespacedRoles, GroupProcesses):
             "--rejection-status", str(self.rejection_status),
             "--inhibit-s", repr(self.inhibit_s),
             "--lease-sweep-s", repr(min(0.1, self.lease_ttl_s / 10)),
+            "--wake-wait-s", repr(self.wake_wait_s),
             "--drain-timeout-s", repr(self.frontend_drain_timeout_s),
             "--parent-pid", str(os.getpid()),
             "--log-level", self.log_level,
@@ -235,6 +296,11 @@ class ReferenceDeployment(NamespacedRoles, GroupProcesses):
         ]
         if self.engine_core:
             argv += ["--engine-core", self.engine_core]
+        argv += ["--gpu", self.gpus[role]]
+        if self.kernel_log:
+            argv += ["--kernel-log", self.kernel_log_path()]
+        if role in self.asleep:
+            argv += ["--asleep"]
         return ProcessSpec(role, self._prefix(role) + argv, env=self._env(), health_url=self._health_callable(role),
                            startup_timeout_s=self.startup_timeout_s)
 
@@ -268,6 +334,9 @@ class ReferenceDeployment(NamespacedRoles, GroupProcesses):
                 pass
         self._events = EventLog(self.events_path, "deployment")
         self._started = True
+        if self.kernel_log:
+            os.makedirs(self.run_dir, exist_ok=True)
+            open(self.kernel_log_path(), "w").close()  # empty: a fresh deployment has no GPU history
         try:
             if self.network_lab is not None:
                 self._make_network()
@@ -338,13 +407,14 @@ class ReferenceDeployment(NamespacedRoles, GroupProcesses):
         if status != 200 or not isinstance(body, dict):
             return False
         listed = {i["name"]: i for i in body.get("instances", [])}
+        awake = any(not i.get("asleep") for i in listed.values())  # a sleeping worker serves nothing
         if role == self.frontend_role:
-            return bool(listed)
+            return awake
         if self.group.alive(role):  # restarted, resumed — or still dying: it must answer itself
             entry = listed.get(role)
             return (entry is not None and entry.get("pid") == self.group.pid(role)
                     and http_get_status(self.health_url(role), timeout_s=1.0) == 200)
-        return bool(listed) and role not in listed
+        return awake and role not in listed
 
     def restart(self, role: str) -> int:
         """Stop role, start it again (previous log kept as logs/<role>.previous.log); return new PID.

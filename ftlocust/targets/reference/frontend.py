@@ -3,7 +3,9 @@
 Routes /v1/completions and /v1/chat/completions round-robin to the workers that hold a lease,
 migrates a request whose worker stream breaks (continuing at token k on another worker, so the
 client sees one unbroken stream), cancels the worker's request when the client disconnects,
-sheds load when every worker is busy, and drains on SIGTERM/SIGINT. It speaks Dynamo's
+sheds load when every worker is busy, and drains on SIGTERM/SIGINT. A worker whose lease says
+it is asleep (vLLM / SGLang sleep mode) stays registered but gets no requests; a request that
+finds only sleeping workers waits (`--wake-wait-s`) for one to wake. It speaks Dynamo's
 observable dialect: its log lines and `dynamo_frontend_*` metrics are the ones a drill looks
 for on a real Dynamo frontend (README.md beside this file lists them).
 
@@ -66,7 +68,7 @@ class WorkerEntry:
 
     __slots__ = (
         "instance_id", "name", "kind", "url", "model", "kv_capacity", "ttl_s", "pid", "expires",
-        "renewed", "inflight", "kv_load", "inhibited_until", "died_reported",
+        "renewed", "inflight", "kv_load", "inhibited_until", "died_reported", "asleep",
     )
 
     def __init__(self, body: dict):
@@ -84,6 +86,7 @@ class WorkerEntry:
         self.kv_load = 0  # prompt + generated tokens of the requests routed here and still running
         self.inhibited_until = 0.0
         self.died_reported = False
+        self.asleep = bool(body.get("asleep", False))  # registered, not serving: never routed to
 
     def describe(self) -> dict:
         return {
@@ -97,6 +100,7 @@ class WorkerEntry:
             "kv_load": self.kv_load,
             "kv_capacity": self.kv_capacity,
             "inhibited": self.inhibited_until > time.monotonic(),
+            "asleep": self.asleep,
         }
 
 
@@ -106,7 +110,7 @@ class Ctx:
     __slots__ = (
         "rid", "response_id", "model", "endpoint", "chat", "stream", "request_type", "seed",
         "prompt_tokens", "max_tokens", "include_usage", "created", "generated", "pieces", "resp",
-        "fmt", "t0", "last_token_t", "worker", "attempt", "final_prompt_tokens", "pending",
+        "fmt", "t0", "last_token_t", "worker", "attempt", "final_prompt_tokens", "pending", "wake_deadline",
     )
 
 
@@ -120,6 +124,7 @@ class Frontend:
         self.draining = False
         self.stopping = False
         self.stopped = asyncio.Event()
+        self._woken = asyncio.Event()  # set (and replaced) when a worker wakes or registers awake
         self.session: ClientSession | None = None
         self.events = EventLog(args.events, "frontend") if args.events else None
         self._init_metrics()
@@ -195,17 +200,32 @@ class Frontend:
         if known is not None:
             known.renewed = time.monotonic()
             known.expires = known.renewed + known.ttl_s
+            if known.asleep != entry.asleep:
+                known.asleep = entry.asleep
+                state = "asleep" if entry.asleep else "woken"
+                DISCOVERY.info(f"Instance {'sleeping' if entry.asleep else 'awake'} instance_id={entry.instance_id} "
+                               f"name={entry.name}")
+                self._event(f"worker_{state}", role=entry.name, instance_id=entry.instance_id, pid=entry.pid)
+                if not entry.asleep:
+                    self._wake_waiters()
             return web.json_response({"ok": True})
         self.workers[entry.instance_id] = entry
         DISCOVERY.info(
             f"Registered instance instance_id={entry.instance_id} name={entry.name} kind={entry.kind} "
             f"url={entry.url} model={entry.model} lease_ttl_secs={entry.ttl_s:g}"
+            + (" asleep=true" if entry.asleep else "")
         )
         self._event(
             "worker_registered", role=entry.name, instance_id=entry.instance_id, kind=entry.kind, url=entry.url,
-            pid=entry.pid, model=entry.model,
+            pid=entry.pid, model=entry.model, asleep=entry.asleep,
         )
+        if not entry.asleep:
+            self._wake_waiters()
         return web.json_response({"ok": True})
+
+    def _wake_waiters(self) -> None:
+        woken, self._woken = self._woken, asyncio.Event()
+        woken.set()
 
     async def deregister(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -236,12 +256,14 @@ class Frontend:
     def _pick(self, model: str, exclude: set, ignore_busy: bool) -> tuple[WorkerEntry | None, str]:
         """Round-robin over serving workers of `model` that are not inhibited, excluded or busy.
 
-        Returns (worker, "") or (None, "busy" | "unavailable").
+        Returns (worker, "") or (None, "busy" | "sleeping" | "unavailable"); "sleeping": none
+        of the others can take it, but a sleeping worker could once woken.
         """
-        candidates = [w for w in self.workers.values() if w.kind in wire.SERVING_KINDS and w.model == model]
+        serving = [w for w in self.workers.values() if w.kind in wire.SERVING_KINDS and w.model == model]
+        candidates = [w for w in serving if not w.asleep]
         n = len(candidates)
         if not n:
-            return None, "unavailable"
+            return None, "sleeping" if serving else "unavailable"
         now = time.monotonic()
         threshold = self.args.busy_threshold
         saw_busy = False
@@ -254,11 +276,14 @@ class Frontend:
                 continue
             self._rr = (self._rr + step + 1) % n
             return w, ""
-        return None, "busy" if saw_busy else "unavailable"
+        if saw_busy:
+            return None, "busy"
+        return None, "sleeping" if len(serving) > n else "unavailable"
 
     def _prefill_urls(self) -> list[str]:
         now = time.monotonic()
-        urls = [w.url for w in self.workers.values() if w.kind == wire.PREFILL and w.inhibited_until <= now]
+        urls = [w.url for w in self.workers.values()
+                if w.kind == wire.PREFILL and w.inhibited_until <= now and not w.asleep]
         if not urls:
             return []
         k = self._prefill_rr % len(urls)
@@ -405,6 +430,7 @@ class Frontend:
         ctx.worker = None
         ctx.attempt = 0
         ctx.pending = None  # (migration_type, detected_at, from_worker) while a migration is under way
+        ctx.wake_deadline = None  # set when it first waits for a sleeping worker to wake
         return ctx
 
     async def _serve(self, request: web.Request, ctx: Ctx) -> web.StreamResponse:
@@ -412,6 +438,8 @@ class Frontend:
         limit = self.args.migration_limit
         while True:
             w, why = self._pick(ctx.model, exclude, ignore_busy=ctx.pending is not None)
+            if w is None and why == "sleeping" and await self._wait_for_wake(ctx):
+                continue
             if w is None:
                 if ctx.pending is None and why == "busy":
                     return self._reject_busy(ctx)
@@ -463,6 +491,26 @@ class Frontend:
                 return await self._fail_unavailable(request, ctx, reason)
             ctx.attempt += 1
             ctx.pending = (mtype, time.monotonic(), w)
+
+    async def _wait_for_wake(self, ctx: Ctx) -> bool:
+        """Only sleeping workers could serve: wait (up to --wake-wait-s per request) for one to
+        wake; True when one did (pick again), False when the wait is over."""
+        now = time.monotonic()
+        if ctx.wake_deadline is None:
+            ctx.wake_deadline = now + self.args.wake_wait_s
+            if self.args.wake_wait_s > 0:
+                ROUTER.warning(f"No awake worker; waiting for a sleeping worker to wake request_id={ctx.rid} "
+                               f"model={ctx.model} wait_s={self.args.wake_wait_s:g} "
+                               f"migrating={str(ctx.pending is not None).lower()}")
+        remaining = ctx.wake_deadline - now
+        if remaining <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._woken.wait(), remaining)
+        except asyncio.TimeoutError:
+            ROUTER.warning(f"No worker woke within {self.args.wake_wait_s:g} s request_id={ctx.rid}")
+            return False
+        return True
 
     def _migration_outcome(self, ctx: Ctx, outcome: str, reason: str = "") -> None:
         """Close the migration under way (ctx.pending): its new stream was accepted, or not."""
@@ -815,6 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP status of a rejection: 503 (Dynamo's docs) or 529 (Dynamo 1.6.1 as measured)")
     p.add_argument("--inhibit-s", type=float, default=5.0)
     p.add_argument("--lease-sweep-s", type=float, default=0.1)
+    p.add_argument("--wake-wait-s", type=float, default=5.0,
+                   help="a request that finds only sleeping workers waits this long for one to wake")
     p.add_argument(
         "--drain-timeout-s", type=float,
         default=float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", 5)),

@@ -15,6 +15,12 @@ Dynamo's vLLM worker did (/work/shared/reference/vllm-cpu.md): logs `EngineDeadE
 end line (the frontend sees the stream break and migrates it, as for a SIGKILLed worker) and
 exits with code 1.
 
+With `--kernel-log PATH` it watches that file (a stand-in for the kernel log) for XID lines
+naming its GPU (`--gpu PCI`) and, on one, does the same as for a dead engine core, as Dynamo's
+engine monitor does on a GPU failure (exit 1). It also offers vLLM's and SGLang's sleep / wake
+endpoints: asleep, it stays registered (its lease says so, the frontend routes nothing to it)
+but serves nothing (503) until woken (`--asleep` starts it so).
+
 Run: python -m ftlocust.targets.reference.worker --name worker-1 --frontend-url URL ...
 """
 
@@ -26,6 +32,7 @@ import collections
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ftlocust.gpu import pci_key
 from ftlocust.targets.reference import logs, wire
 from ftlocust.targets.reference.lifecycle import watch_parent
 from ftlocust.targets.reference.tokens import token_id
@@ -50,6 +58,14 @@ STARTUP = logs.get("main")
 DISCOVERY = logs.get("dynamo_runtime::discovery")
 PREFILL_LOG = logs.get("dynamo_llm::disagg")
 ENGINE = logs.get("dynamo.vllm.engine_monitor")
+
+GPU_LOG = logs.get("dynamo.vllm.gpu")
+SLEEP_LOG = logs.get("dynamo.vllm.sleep_mode")
+
+# An XID line anywhere in a kernel-log line: plain, with a /dev/kmsg prefix, or `NVRM: NVRM:`.
+XID_RE = re.compile(r"Xid \(PCI:([0-9a-fA-F:.]+)\): (\d+)")
+KERNEL_LOG_POLL_S = 0.1
+SLEEP_LEVELS = (1, 2, 3)  # vLLM: 1 = weights offloaded, 2 = weights and buffers dropped, 3 = everything
 
 ENGINE_CORE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_core.py")
 
@@ -92,6 +108,8 @@ class Worker:
         self._engine_poll: asyncio.Task | None = None  # fallback watcher without pidfd
         self._no_more_tokens = asyncio.Event()  # never set: what a stream waits on once the engine died
         self.exit_code = 0
+        self.asleep = bool(args.asleep)  # registered, not serving
+        self.sleep_level = 1 if self.asleep else 0
         self.started = time.monotonic()
         self._init_metrics()
 
@@ -142,6 +160,9 @@ class Worker:
 
     async def health(self, request: web.Request) -> web.Response:
         if self.registered and not self.draining:
+            if self.asleep:  # alive and registered, not serving
+                return web.json_response({"status": "sleeping", "instance_id": self.instance_id,
+                                          "sleep_level": self.sleep_level, "endpoints": {"generate": "sleeping"}})
             body = {"status": "ready", "instance_id": self.instance_id, "endpoints": {"generate": "ready"}}
             return web.json_response(body)
         return web.json_response({"status": "notready", "endpoints": {"generate": "notready"}}, status=503)
@@ -228,6 +249,8 @@ class Worker:
     async def generate(self, request: web.Request) -> web.StreamResponse:
         if self.draining:
             return web.json_response({"error": "worker is shutting down"}, status=503)
+        if self.asleep:
+            return web.json_response({"error": "engine is sleeping"}, status=503)
         body = json.loads(await request.read())
         request_id = str(body["request_id"])
         seed = int(body["seed"])
@@ -319,6 +342,8 @@ class Worker:
         """Prefill plane (kind prefill): compute the prompt's KV, return when done."""
         if self.draining:
             return web.json_response({"error": "worker is shutting down"}, status=503)
+        if self.asleep:
+            return web.json_response({"error": "engine is sleeping"}, status=503)
         body = json.loads(await request.read())
         request_id = str(body["request_id"])
         prompt_tokens = int(body["prompt_tokens"])
@@ -355,6 +380,7 @@ class Worker:
             "kv_capacity": self.args.kv_capacity,
             "ttl_s": self.args.lease_ttl_s,
             "pid": os.getpid(),
+            "asleep": self.asleep,
         }
 
     async def _lease_loop(self) -> None:
@@ -400,6 +426,95 @@ class Worker:
                 await r.read()
         except (ClientError, OSError, asyncio.TimeoutError) as e:
             DISCOVERY.warning(f"Failed to unregister endpoint from discovery error={type(e).__name__}")
+
+    async def _push_lease(self) -> bool:
+        """Renew the lease now (its body carries `asleep`): the frontend routes by it at once."""
+        try:
+            async with self.session.post(
+                self.args.frontend_url + wire.LEASE_PATH, json=self._lease_body(), timeout=ClientTimeout(total=2)
+            ) as r:
+                await r.read()
+                return r.status == 200
+        except (ClientError, OSError, asyncio.TimeoutError):
+            return False
+
+    # -- sleep / wake (vLLM /engine/sleep, /engine/wake_up; SGLang memory occupation) ---------
+
+    async def engine_sleep(self, request: web.Request) -> web.Response:
+        """Sleep: stay registered, take no new work (the frontend skips a sleeping worker; a
+        request that arrives anyway gets 503). In-flight requests finish."""
+        level = 1
+        if request.path == "/engine/sleep":
+            try:
+                body = json.loads(await request.read() or b"{}")
+                level = body.get("level", 1) if isinstance(body, dict) else None
+            except ValueError:
+                level = None
+            if isinstance(level, bool) or level not in SLEEP_LEVELS:
+                return web.json_response({"status": "error", "message": "level: expected 1, 2 or 3"}, status=400)
+        return await self._set_asleep(True, level, request.path)
+
+    async def engine_wake(self, request: web.Request) -> web.Response:
+        return await self._set_asleep(False, 0, request.path)
+
+    async def _set_asleep(self, asleep: bool, level: int, path: str) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "error", "message": "worker is shutting down"}, status=503)
+        was = self.asleep
+        self.asleep, self.sleep_level = asleep, level
+        if asleep:
+            SLEEP_LOG.info(f"Engine put to sleep level={level} instance_id={self.instance_id} path={path} "
+                           f"inflight={len(self.active)} (registered, not serving)")
+        else:
+            SLEEP_LOG.info(f"Engine woken up instance_id={self.instance_id} path={path} was_asleep={str(was).lower()} "
+                           f"(serving)")
+        if self.registered and not await self._push_lease():  # else the next renewal tells the frontend
+            DISCOVERY.warning(f"Lease update after {'sleep' if asleep else 'wake'} failed; the next renewal "
+                              f"carries it instance_id={self.instance_id}")
+        return web.json_response({"status": "ok"})
+
+    # -- GPU failure (--kernel-log PATH, --gpu PCI) -------------------------------------------
+
+    async def watch_kernel_log(self, path: str, offset: int) -> None:
+        """Tail the kernel log from `offset` (its end when we started: older lines are history);
+        an XID line naming our GPU is a GPU failure. Polled: a regular file gives no inotify-free
+        way to wait, and 0.1 s is well under what a drill measures."""
+        own = pci_key(self.args.gpu)
+        partial = b""
+        while not self.stopped.is_set():
+            await asyncio.sleep(KERNEL_LOG_POLL_S)
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if size < offset:  # truncated (rotated): start again from its beginning
+                        offset, partial = 0, b""
+                    if size == offset:
+                        continue
+                    f.seek(offset)
+                    data = f.read(size - offset)
+            except OSError:
+                continue  # not there (yet): nothing written
+            offset += len(data)
+            *lines, partial = (partial + data).split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                m = XID_RE.search(line)
+                if m and pci_key(m.group(1)) == own:
+                    self._gpu_failed(int(m.group(2)), m.group(1), line.strip())
+                    return
+
+    def _gpu_failed(self, xid: int, address: str, line: str) -> None:
+        """An XID on our GPU: the engine is dead, as when the engine core dies (same shutdown)."""
+        if self.engine_dead:
+            return
+        self.engine_dead = True
+        self._unwatch_engine_core()  # its child is stopped at shutdown, not reported as a second failure
+        ENGINE.error(
+            f"EngineDeadError: GPU failure detected: Xid {xid} on PCI:{address} (this worker's GPU "
+            f"{self.args.gpu}) instance_id={self.instance_id} inflight={len(self.active)} "
+            f'kernel_log_line="{line}"'
+        )
+        asyncio.ensure_future(self._engine_dead_shutdown())
 
     # -- engine core (--engine-core NAME) ---------------------------------------------------
 
@@ -500,7 +615,7 @@ class Worker:
     async def stop_engine_core(self, grace_s: float = 2.0) -> None:
         """Normal shutdown: SIGTERM the child, SIGKILL it after grace_s (by PID, ours only)."""
         proc = self.engine_core
-        if proc is None or self.engine_dead:
+        if proc is None or (self.engine_dead and proc.poll() is not None):  # it died: nothing to stop
             return
         self._unwatch_engine_core()
         self.engine_core = None
@@ -588,6 +703,10 @@ async def serve(args: argparse.Namespace) -> int:
         app.router.add_post(wire.PREFILL_PATH, worker.prefill)
     else:
         app.router.add_post(wire.GENERATE_PATH, worker.generate)
+    for path in ("/engine/sleep", "/engine/release_memory_occupation"):
+        app.router.add_post(path, worker.engine_sleep)
+    for path in ("/engine/wake_up", "/engine/wake", "/engine/resume_memory_occupation"):
+        app.router.add_post(path, worker.engine_wake)
     # handler_cancellation: a caller that disconnects cancels its handler at once, also while
     # it sleeps in prefill, so generation stops within milliseconds.
     worker.session = ClientSession(connector=TCPConnector(limit=0), timeout=ClientTimeout(total=None, sock_connect=2))
@@ -612,6 +731,15 @@ async def serve(args: argparse.Namespace) -> int:
         f"Worker started name={args.name} kind={args.kind} model={args.model} url={worker.url} "
         f"instance_id={worker.instance_id} token_delay_s={args.token_delay_s:g} kv_capacity={args.kv_capacity}"
     )
+    STARTUP.info(f"GPU assigned pci_bus_id={args.gpu} kernel_log={args.kernel_log or 'none'}"
+                 + (" (starting asleep)" if args.asleep else ""))
+    kernel_log_watch = None
+    if args.kernel_log:
+        try:
+            offset = os.path.getsize(args.kernel_log)  # what is there now is history
+        except OSError:
+            offset = 0
+        kernel_log_watch = asyncio.ensure_future(worker.watch_kernel_log(args.kernel_log, offset))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
@@ -623,6 +751,8 @@ async def serve(args: argparse.Namespace) -> int:
     watcher = asyncio.ensure_future(watch_parent(args.parent_pid, worker.shutdown))
     await worker.stopped.wait()
     watcher.cancel()
+    if kernel_log_watch is not None:
+        kernel_log_watch.cancel()
     await worker.stop_engine_core()
     await runner.cleanup()
     await worker.session.close()
@@ -653,6 +783,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shut down if this process (the launcher/driver) goes away")
     p.add_argument("--engine-core", default=None, metavar="NAME",
                    help="run an engine-core child named NAME (e.g. VLLM::EngineCore); exit 1 when it dies")
+    p.add_argument("--gpu", default="00000000:19:00.0", metavar="PCI",
+                   help="PCI bus id of this worker's GPU (what XID lines name)")
+    p.add_argument("--kernel-log", default=None, metavar="PATH",
+                   help="watch this file for XID lines naming --gpu; on one, shut down with exit 1")
+    p.add_argument("--asleep", action="store_true", help="start asleep: registered, not serving, until woken")
     p.add_argument("--log-level", default="INFO")
     return p
 
