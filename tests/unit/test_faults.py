@@ -33,8 +33,9 @@ class FakeDeployment:
 def test_unknown_kind_names_the_known_ones_and_the_close_one():
     with pytest.raises(ConfigError) as e:
         build_fault(_spec(kind="proces-signal"), where="s.yaml: faults[0]")
-    assert str(e.value) == ("s.yaml: faults[0].kind: expected one of partition, pod-delete, pod-signal, process-signal, got 'proces-signal'; "
-                            "did you mean 'process-signal'?")
+    assert str(e.value) == ("s.yaml: faults[0].kind: expected one of fault-service, gpu-compute-overload, "
+                            "gpu-memory-pressure, gpu-overheat, gpu-throttle, gpu-xid, partition, pod-delete, "
+                            "pod-signal, process-signal, got 'proces-signal'; did you mean 'process-signal'?")
 
 
 def test_builtin_kinds_are_imported_on_first_use():
