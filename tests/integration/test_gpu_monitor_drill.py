@@ -14,7 +14,6 @@ import re
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ import pytest
 from ftlocust.jsonl import read_jsonl
 from ftlocust.records import read_records
 from tests.support import fake_nvml
+from tests.integration.test_webui_runs import _wait_for
 from tests.support.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,15 +155,7 @@ def test_the_web_ui_gpus_tab_serves_the_latest_samples(tmp_path):
             return None, None
 
     def wait_for(what, predicate, timeout_s=60):
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"locust exited ({proc.returncode}) while waiting for {what}: {proc.stdout.read()[-3000:]}")
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.1)
-        pytest.fail(f"timed out waiting for {what}")
+        return _wait_for(what, predicate, timeout_s, proc)
 
     try:
         host = wait_for("the deployment", lambda: (m := re.search(r"deployment ready at (\S+)", _read(art / "test.log")))
