@@ -152,23 +152,28 @@ def builtin_verdicts(result: RunResult) -> list[Verdict]:
     """Verdicts every run gets, whatever its scenario says:
 
     - `every fault injected` (absent when the scenario has no fault): fails when a planned fault
-      failed to inject or never fired, naming it and why;
+      failed to inject or never fired, naming it and why, or — a mid-stream fault — landed after
+      the probe stream it was aimed at had finished ("landed too late", `phases.probe_progress`);
     - `every rollback succeeded` (absent when no rollback ran): fails when one failed;
     - `no load generator lost` (always): fails when a Locust worker was lost mid-run, naming
       it, when, how many requests it had in flight and how much of its budget went unsent.
     """
     verdicts = []
     if result.faults:
-        missed = [f for f in result.faults if f.status != INJECTED]
-        names = ", ".join(f.name for f in result.faults if f.status == INJECTED)
+        late = {f.name: f.detail["probe"]["too_late"] for f in result.faults
+                if f.status == INJECTED and ((f.detail or {}).get("probe") or {}).get("too_late")}
+        missed = [f for f in result.faults if f.status != INJECTED or f.name in late]
         n = len(result.faults)
         if missed:
             why = "; ".join(
+                f"{f.name} {late[f.name]}" if f.name in late else
                 f"{f.name} {'not fired' if f.status == NOT_FIRED else 'not injected'}: {f.error or 'no reason given'}"
                 for f in missed
             )
-            verdicts.append(Verdict(FAULTS_INJECTED, False, f"{n - len(missed)} of {n} injected; {why}"))
+            done = "injected in time" if late else "injected"
+            verdicts.append(Verdict(FAULTS_INJECTED, False, f"{n - len(missed)} of {n} {done}; {why}"))
         else:
+            names = ", ".join(f.name for f in result.faults)
             verdicts.append(Verdict(FAULTS_INJECTED, True, f"{n} of {n} injected: {names}"))
     if result.rollbacks:
         bad = [r for r in result.rollbacks if not r.get("ok")]

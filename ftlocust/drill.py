@@ -500,6 +500,12 @@ class Drill:
                 error="trigger never reached: " + f.spec.trigger.describe())
             for f in self.faults
         ]
+        for f in self.faults:  # how far the probe was when each fault hit (and whether too late)
+            aimed = f.spec.trigger.mid_stream_chunks is not None and f.occurrence == 1  # at the probe
+            progress = phases.probe_progress(self.records, f.event, aimed) \
+                if f.event is not None else None
+            if progress is not None:
+                f.event.detail["probe"] = progress
         analysis = phases.analyse(self.records, events, dict(self.server_recovery))
         fault_time = analysis["fault_time"]
         for r in self.records:

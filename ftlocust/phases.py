@@ -597,6 +597,35 @@ def window_stats(records: Iterable[RequestRecord], fault: FaultEvent, stall_s: f
     return out
 
 
+PROBE_SUFFIX = "/probe"  # the probe user's client id ends so (ftlocust.probe)
+
+
+def probe_progress(records: Iterable[RequestRecord], fault: FaultEvent, mid_stream: bool) -> dict | None:
+    """How far the probe stream was when `fault` hit: its tokens (content chunks, on the wall
+    clock the probe kept) before and after T_f. None without a probe record with chunk times.
+
+    `too_late` (only for a `mid_stream` fault, the one aimed at the probe): the probe had
+    finished before T_f, so the fault hit no stream in flight — a drill that then passes proves
+    nothing. The probe ending exactly because of the fault is not late: its end comes after T_f.
+    """
+    if fault.injected_at is None:
+        return None
+    probe = next((r for r in records if (r.client_id or "").endswith(PROBE_SUFFIX)
+                  and r.extra.get("chunk_walls") is not None), None)
+    if probe is None:
+        return None
+    t_f = fault.injected_at
+    walls = probe.extra["chunk_walls"]
+    before = sum(1 for t in walls if t < t_f)
+    out = {"request_id": probe.request_id, "tokens_before": before, "tokens_after": len(walls) - before,
+           "probe_started": probe.start_wall, "probe_ended": probe.end_wall, "outcome": probe.outcome,
+           "mid_stream": mid_stream}
+    if mid_stream and probe.end_wall is not None and probe.end_wall < t_f:
+        out["too_late"] = (f"landed too late: the probe stream had finished {t_f - probe.end_wall:.3f} s before "
+                           f"the fault ({before} tokens, all of them before it)")
+    return out
+
+
 def per_fault(
     records: Iterable[RequestRecord],
     faults: Sequence[FaultEvent],

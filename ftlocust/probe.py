@@ -6,7 +6,10 @@ The migration drill's question is "does a request in flight on the killed worker
 (`ft_probe` message: the server's request id and the chunk count) until the scenario's
 mid-stream trigger count is reached. The master then finds the worker serving that request id
 in the worker logs and injects the fault. Its record is an ordinary one, with client id
-"<locust worker>/probe", so checks see whether it completed with all its tokens.
+"<locust worker>/probe", so checks see whether it completed with all its tokens; it also keeps
+each chunk's arrival time, so every fault records how many of the probe's tokens came before
+and after it (`ftlocust.phases.probe_progress`), and a mid-stream fault that landed after the
+probe had finished fails the built-in `every fault injected` ("landed too late").
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def _probe_settings() -> tuple[dict, int]:
 class ProbeUser(LLMUser):
     fixed_count = 1
     kind = "completion-stream"
+    keep_chunk_times = True  # how far it was when each fault hit (`phases.probe_progress`)
 
     def __init__(self, environment) -> None:
         super().__init__(environment)

@@ -295,6 +295,7 @@ class LLMUser(FastHttpUser):
     load_options: LoadOptions | None = None  # set to bypass the flags (tests, programmatic runs)
     extra_body: dict | None = None  # merged into every payload (e.g. test-server knobs)
     cancel: str | None = None  # a cancel policy for this class ("after-chunks:5"); None: --ft-cancel
+    keep_chunk_times = False  # the record keeps each content chunk's arrival (extra["chunk_walls"])
 
     _user_numbers = itertools.count()
 
@@ -418,6 +419,9 @@ class LLMUser(FastHttpUser):
                  cancel_policy=policy.spec if policy else None, timeout_s=opts.request_timeout_s)
         if self.verify_tokens and record.outcome == OK:
             record.token_check = token_check(record, read)
+        if self.keep_chunk_times and getattr(read, "times", None):
+            # on the wall clock of every other timestamp of the run (the fault's T_f among them)
+            record.extra["chunk_walls"] = [round(record.start_wall + (t - t0), 4) for t in read.times]
         self._report(record, resp)
         return record
 

@@ -74,6 +74,12 @@ def test_main_drill_passes_with_migration(tmp_path):
     probe = [r for r in records if r.client_id.endswith("/probe")]
     assert len(probe) == 1 and probe[0].outcome == "ok" and probe[0].output_tokens == probe[0].expected_tokens
     assert probe[0].token_check == "ok"
+    # The fault landed in flight, on the clock of the probe's own chunks: 40 before it (the
+    # trigger), the rest after it, on the worker the stream migrated to.
+    progress = fault["detail"]["probe"]
+    assert progress["request_id"] == probe[0].request_id and progress["mid_stream"] is True
+    assert progress["tokens_before"] >= 40 and progress["tokens_after"] > 0 and "too_late" not in progress
+    assert progress["tokens_before"] + progress["tokens_after"] == probe[0].content_chunks
     for name in ("results.txt", "test.log", "report.html", "timeline.png", "services/frontend/frontend.log",
                  "services/frontend/frontend.metrics.before.txt", "services/frontend/frontend.metrics.after.txt"):
         assert (art / name).is_file(), name
@@ -255,3 +261,32 @@ def test_artifacts_folder_of_an_earlier_run_is_refused(tmp_path):
     proc = _run([], art, timeout=60)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert (art / "requests.jsonl").read_text() == "{}\n"
+
+
+LATE = """
+name: late-fault
+target: {kind: reference, workers: 2, options: {token_delay_s: 0.01}}
+plugins: [%s]
+probe: {max_tokens: 30, start_after_s: 1}
+faults:
+  - {name: too-slow, kind: late-noop, target: worker-1, delay_s: 2, trigger: {mid_stream_chunks: 5}}
+"""
+
+
+def test_a_mid_stream_fault_that_lands_after_the_probe_finished_fails_the_run(tmp_path):
+    """An injector slower than the stream it was aimed at: the drill would pass without
+    testing anything, so `every fault injected` fails it ("landed too late")."""
+    scenario = tmp_path / "late.yaml"
+    scenario.write_text(LATE % os.path.join(ROOT, "tests", "support", "late_fault_plugin.py"))
+    art = tmp_path / "run"
+    proc = _run(["--ft-scenario", str(scenario), "--ft-requests-per-client", "40", "-u", "2", "-r", "2"], art)
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((art / "summary.json").read_text())
+    (fault,) = summary["faults"]
+    progress = fault["detail"]["probe"]
+    assert fault["status"] == "injected" and progress["tokens_after"] == 0 and progress["tokens_before"] == 30
+    assert progress["probe_ended"] < fault["injected_at"]
+    (verdict,) = [c for c in summary["checks"] if c["name"] == "every fault injected"]
+    assert not verdict["passed"] and "too-slow landed too late: the probe stream had finished" in verdict["detail"]
+    assert verdict["detail"].startswith("0 of 1 injected in time")
+    _assert_torn_down(art)

@@ -649,3 +649,29 @@ def test_a_stall_is_judged_against_what_was_usual_before_the_fault():
     unary = dict(stream=False, kind="completion")
     assert not is_stalled(rec(101.0, 103.5, **unary), baseline=base) and is_stalled(rec(101.0, 104.5, **unary), baseline=base)
     assert not is_stalled(rec(101.0, 120.0, **unary))  # no baseline: a long unary answer is not judged a stall
+
+
+def test_probe_progress_counts_the_probes_tokens_either_side_of_the_fault():
+    from ftlocust.checks import FAULTS_INJECTED, builtin_verdicts, RunResult
+
+    walls = [10.0 + 0.1 * i for i in range(20)]  # chunks at 10.0 .. 11.9
+    probe = rec(9.9, 12.0, client_id="local/probe", request_id="p1", extra={"chunk_walls": walls})
+    other = rec(9.0, 13.0, client_id="local/1", extra={})
+    in_flight = FaultEvent("kill", "process-signal", "worker-1", 11.05)
+    p = phases.probe_progress([other, probe], in_flight, mid_stream=True)
+    assert (p["request_id"], p["tokens_before"], p["tokens_after"]) == ("p1", 11, 9) and "too_late" not in p
+    late = FaultEvent("kill", "process-signal", "worker-1", 12.5)
+    p = phases.probe_progress([probe], late, mid_stream=True)
+    assert p["tokens_after"] == 0 and p["too_late"].startswith("landed too late: the probe stream had finished 0.500 s")
+    # a fault not aimed at the probe is only measured, never late; no probe: nothing to say
+    assert "too_late" not in phases.probe_progress([probe], late, mid_stream=False)
+    assert phases.probe_progress([other], in_flight, mid_stream=True) is None
+
+    late.detail["probe"] = phases.probe_progress([probe], late, mid_stream=True)
+    result = RunResult(records=[probe], fault_time=12.5, faults=[late], phases={}, recovery={})
+    (v, *_) = builtin_verdicts(result)
+    assert v.name == FAULTS_INJECTED and not v.passed
+    assert v.detail.startswith("0 of 1 injected in time; kill landed too late")
+    in_flight.detail["probe"] = phases.probe_progress([probe], in_flight, mid_stream=True)
+    (v, *_) = builtin_verdicts(RunResult(records=[probe], fault_time=11.05, faults=[in_flight], phases={}, recovery={}))
+    assert v.passed and v.detail == "1 of 1 injected: kill"
