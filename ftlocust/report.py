@@ -343,6 +343,12 @@ def write_html(dir: str, summary: Mapping, table_text: str, timeline_png: str | 
     from ftlocust.gpu_monitor import report_html
 
     gpu_section = report_html(summary)  # the GPU monitor's figures per window (its series: the timeline)
+    exit_rows = "".join(
+        f"<tr><td>{esc(str(e.get('role')))}</td><td>{esc(str(e.get('pid')))}</td>"
+        f"<td>{esc(str(e['exit_code']) if e.get('exit_code') is not None else '')}</td>"
+        f"<td>{esc(str(e.get('signal') or ''))}</td></tr>"
+        for e in summary.get("exits") or []
+    )
     passed = summary.get("passed")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ftlocust — {esc(str(summary.get('scenario')))}</title>
@@ -365,6 +371,8 @@ img {{ max-width: 100%; }}
 <h2>Phases</h2><table><tr><th></th>{''.join(f'<th>{g}</th>' for g in groups)}</tr>{phase_rows}</table>
 <h2>Recovery</h2><p>seconds from each fault; whole run: against the first injected fault</p>
 <table><tr><th></th>{rec_head}</tr>{recovery_rows}<tr><th>startup_s</th><td>{format_cell(summary.get('startup_s'))}</td></tr></table>
+<h2>Exits</h2><p>processes of the deployment that ended during the run (not those ftlocust stopped)</p>
+<table><tr><th>role</th><th>pid</th><th>exit code</th><th>signal</th></tr>{exit_rows or '<tr><td colspan="4">none (or not known for this target)</td></tr>'}</table>
 <h2>Faults</h2><table><tr><th>status</th><th>name</th><th>kind</th><th>target</th><th>injected at</th><th>recovered at</th><th>rolled back at</th><th>error</th><th>detail</th></tr>{fault_rows_html or '<tr><td colspan="9">no fault in the scenario</td></tr>'}</table>
 </body></html>
 """

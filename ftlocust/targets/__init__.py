@@ -31,11 +31,13 @@ class Deployment(Protocol):
     Roles are names like `frontend`, `worker-1`; `worker_roles()` are the ones serving requests
     (where `serving-worker` is looked for). Every method takes a role from `roles()`.
 
-    Optional, looked up with getattr by what needs them (the reference target has all three):
-    `gpu_pci(role) -> str | None` (the PCI bus id of role's GPU: `gpu-xid` by role),
-    `kernel_log_path() -> str | None` (the stand-in kernel log its workers watch: `gpu-xid`
-    with `kernel_log: deployment`), `engine_url(role) -> str | None` (base URL of role's
-    engine sleep / wake endpoints: a fault's `failover:`, `ftlocust.failover`).
+    Optional, each a small runtime-checkable Protocol beside what needs it (the reference
+    target has them all): `gpu_pci(role) -> str | None` (the PCI bus id of role's GPU: `gpu-xid`
+    by role), `kernel_log_path() -> str | None` (the stand-in kernel log its workers watch:
+    `gpu-xid` with `kernel_log: deployment`), `engine_url(role) -> str | None` (base URL of
+    role's engine sleep / wake endpoints: a fault's `failover:`, `ftlocust.failover`), `exits()
+    -> list[dict]` (how each of its processes that ended during the run ended, `RecordsExits`:
+    the summary's and the report's `exits`; the targets of local processes have it).
     """
 
     base_url: str | None  # the OpenAI-compatible frontend, once started
@@ -60,6 +62,14 @@ class Deployment(Protocol):
     def refresh_evidence(self) -> None: ...  # log files etc. up to date now (a run's end reads them next)
     def health_url(self, role: str) -> str | None: ...
     def address(self, role: str) -> str | None: ...  # "host:port" the role listens on, if known
+
+
+@runtime_checkable
+class RecordsExits(Protocol):
+    """A deployment that knows how its processes ended: `{role, pid, exit_code, signal}` for each
+    that ended during the run, not stopped by ftlocust (`ftlocust.targets.local.ProcessGroup`)."""
+
+    def exits(self) -> list[dict]: ...
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,8 @@ class ProcessGroup:
         self._procs: dict[str, subprocess.Popen] = {}
         self._order: list[str] = []  # start order; stop(None) walks it backwards
         self._guardian_holds: dict[str, tuple] = {}  # role -> (guardian, hold id)
+        # every process started, in order: (role, process, stopped by this group)
+        self._history: list[list] = []
         # A driver that exits without stop() must not leave processes behind (finalize runs at
         # interpreter exit too).
         self._finalizer = weakref.finalize(self, _kill_all, self._procs)
@@ -126,6 +128,7 @@ class ProcessGroup:
                 raise ConfigError(f"process {spec.role}: cannot start {spec.argv[0]!r}: {e.strerror or e}") from None
         self.specs[spec.role] = spec
         self._procs[spec.role] = proc
+        self._history.append([spec.role, proc, False])
         self._hold(spec.role, proc.pid)
         self.started_at[spec.role] = time.time()
         self.ready_at.pop(spec.role, None)
@@ -184,6 +187,19 @@ class ProcessGroup:
         proc = self._procs.get(role)
         return proc.poll() if proc is not None else None
 
+    def exits(self) -> list[dict]:
+        """Every process of this group that ended on its own (or by a fault), in start order:
+        `{role, pid, exit_code, signal}` (one of the two set; a SIGKILL is `signal: SIGKILL`).
+        Processes this group stopped itself (teardown, a restart) are left out."""
+        out = []
+        for role, proc, stopped_here in self._history:
+            code = proc.poll()
+            if code is None or stopped_here:
+                continue
+            sig = _signal.Signals(-code).name if code < 0 and -code in _signal.valid_signals() else None
+            out.append({"role": role, "pid": proc.pid, "exit_code": code if code >= 0 else None, "signal": sig})
+        return out
+
     def log_path(self, role: str) -> str:
         return os.path.join(self.logs_dir, f"{role}.log")
 
@@ -224,7 +240,11 @@ class ProcessGroup:
                 if role is not None:
                     raise ConfigError(f"process {r}: not started by this group")
                 continue
-            _terminate(self._procs[r], grace_s)
+            proc = self._procs[r]
+            for entry in self._history:  # its exit from here on is this group's doing, not a finding
+                if entry[1] is proc and proc.poll() is None:
+                    entry[2] = True
+            _terminate(proc, grace_s)
             self._release(r)
             try:
                 os.unlink(self.pid_path(r))
@@ -321,6 +341,10 @@ class GroupProcesses:
 
     def alive(self, role: str) -> bool:
         return self.group.alive(role)
+
+    def exits(self) -> list[dict]:
+        """How each process that ended during the run ended (`ProcessGroup.exits`)."""
+        return self.group.exits()
 
     def pid(self, role: str) -> int | None:
         return self.group.pid(role)

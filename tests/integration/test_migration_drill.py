@@ -80,6 +80,10 @@ def test_main_drill_passes_with_migration(tmp_path):
     assert progress["request_id"] == probe[0].request_id and progress["mid_stream"] is True
     assert progress["tokens_before"] >= 40 and progress["tokens_after"] > 0 and "too_late" not in progress
     assert progress["tokens_before"] + progress["tokens_after"] == probe[0].content_chunks
+    # The server view has how the killed worker ended; nothing else ended during the run.
+    assert summary["exits"] == [{"role": fault["target"], "pid": fault["detail"]["pid"], "exit_code": None,
+                                 "signal": "SIGKILL"}]
+    assert "<h2>Exits</h2>" in (art / "report.html").read_text()
     for name in ("results.txt", "test.log", "report.html", "timeline.png", "services/frontend/frontend.log",
                  "services/frontend/frontend.metrics.before.txt", "services/frontend/frontend.metrics.after.txt"):
         assert (art / name).is_file(), name

@@ -146,3 +146,28 @@ def test_works_under_gevent_monkey_patching(tmp_path):
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert out.returncode == 0, out.stderr
     assert "OK True" in out.stdout  # the hub kept running other greenlets while we waited
+
+
+def test_exits_say_how_each_process_ended_except_those_the_group_stopped(tmp_path):
+    group = ProcessGroup(tmp_path)
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    try:
+        group.start(ProcessSpec("clean", [sys.executable, "-c", "import sys; sys.exit(0)"]), wait=False)
+        group.start(ProcessSpec("failing", [sys.executable, "-c", "import sys; sys.exit(3)"]), wait=False)
+        killed = group.start(ProcessSpec("killed", sleep), wait=False)
+        group.start(ProcessSpec("stopped", sleep), wait=False)
+        group.start(ProcessSpec("restarted", sleep), wait=False)
+        os.kill(killed, signal.SIGKILL)
+        group.restart("restarted", grace_s=1, wait=False)
+        group.stop("stopped", grace_s=1)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(group.exits()) < 3:
+            time.sleep(0.05)
+        assert group.exits() == [
+            {"role": "clean", "pid": group.pid("clean"), "exit_code": 0, "signal": None},
+            {"role": "failing", "pid": group.pid("failing"), "exit_code": 3, "signal": None},
+            {"role": "killed", "pid": killed, "exit_code": None, "signal": "SIGKILL"},
+        ]  # the stopped one and the restarted one's first process ended by the group's own hand
+    finally:
+        group.stop(grace_s=1)
+    assert len(group.exits()) == 3  # teardown adds nothing

@@ -62,6 +62,8 @@ def test_xid_drill_passes_with_migration(tmp_path):
     summary = json.loads((art / "summary.json").read_text())
     assert summary["passed"] is True and all(c["passed"] for c in summary["checks"]), summary["checks"]
     role = _check_the_xid(art, summary)
+    # the summary's server view agrees with the deployment's own event log: exit status 1
+    assert [(e["role"], e["exit_code"], e["signal"]) for e in summary["exits"]] == [(role, 1, None)]
     assert summary["phases"]["all"]["failed"] == 0 and summary["phases"]["after"]["success"] > 0
     assert 0 <= summary["recovery"]["server_recovery_s"] < 5  # deregistered at once, not by lease expiry
     records = read_records(str(art / "requests.jsonl"))
