@@ -224,8 +224,31 @@ def _prompt_tokens(art: Path, record) -> int:
 
 # ----- the drills -------------------------------------------------------------------------------
 
+# Dynamo 1.6.1 refuses a retry with no token left to generate. A stream killed after its last
+# token but before its end is migrated with max_tokens 0; the survivor answers this, and the
+# frontend then holds no worker for a moment: "No workers available", new requests 503 "not
+# ready" (seen once in CI: 11 of 81 requests failed).
+ZERO_TOKEN_RETRY = "live requests must generate at least one output token"
+
+
+def _assert_the_drill_caught_dynamos_zero_token_retry(drill: "Drill", frontend: list[str]) -> None:
+    """The drill must fail, and for what Dynamo's log shows: a retry with every token done."""
+    load_tokens = _scenario_load(drill.art)["output_tokens"]
+    retries = [l for l in frontend if "migration retry scheduled" in l
+               and f"migration.tokens_completed={load_tokens} " in l]
+    assert retries, "a refused retry, but no migration retry with all of a stream's tokens done"
+    assert drill.returncode == 3, drill.tail()
+    verdicts = drill.verdicts()
+    assert not verdicts["no_failures[all]"] and not verdicts["log[frontend] lacks 'Cannot recreate stream'"]
+    failed = [r for r in drill.records() if r.outcome != "ok"]
+    assert failed and {r.outcome for r in failed} <= {"rejected", "stream_error_event"}, failed
+
+
 def test_migration_sigkill_passes_and_every_stream_dynamo_migrated_completes(tmp_path):
     drill = Drill("migration.py", "migration-sigkill.yaml", tmp_path / "run")
+    if any(ZERO_TOKEN_RETRY in l for l in drill.log_lines("frontend")):
+        # Dynamo's own failure, not ftlocust's: the verdict must match what Dynamo did.
+        return _assert_the_drill_caught_dynamos_zero_token_retry(drill, drill.log_lines("frontend"))
     assert drill.returncode == 0, drill.tail()
     assert all(drill.verdicts().values()) and drill.summary["passed"] is True
     fault = drill.summary["faults"][0]
