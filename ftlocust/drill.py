@@ -544,7 +544,8 @@ class Drill:
         self.summary["gpus"] = gpu_monitor.summarize(result.gpu_samples, events, self.gpu_monitor.gpus) \
             if self.gpu_monitor is not None else []
         # how each deployment process that ended during the run ended (vLLM exits 0 after losing its engine)
-        self.summary["exits"] = self.deployment.exits() if isinstance(self.deployment, targets.RecordsExits) else []
+        # (None: this target cannot tell, which is not "nothing exited")
+        self.summary["exits"] = self.deployment.exits() if isinstance(self.deployment, targets.RecordsExits) else None
         self.summary["failovers"] = [self._failover_record(f) for f in self.faults
                                      if f.spec.failover is not None and f.event is not None and f.event.injected]
         self.table = report.results_table([self.summary])

@@ -372,7 +372,7 @@ img {{ max-width: 100%; }}
 <h2>Recovery</h2><p>seconds from each fault; whole run: against the first injected fault</p>
 <table><tr><th></th>{rec_head}</tr>{recovery_rows}<tr><th>startup_s</th><td>{format_cell(summary.get('startup_s'))}</td></tr></table>
 <h2>Exits</h2><p>processes of the deployment that ended during the run (not those ftlocust stopped)</p>
-<table><tr><th>role</th><th>pid</th><th>exit code</th><th>signal</th></tr>{exit_rows or '<tr><td colspan="4">none (or not known for this target)</td></tr>'}</table>
+<table><tr><th>role</th><th>pid</th><th>exit code</th><th>signal</th></tr>{exit_rows or ('<tr><td colspan="4">not known for this target</td></tr>' if summary.get("exits") is None else '<tr><td colspan="4">none</td></tr>')}</table>
 <h2>Faults</h2><table><tr><th>status</th><th>name</th><th>kind</th><th>target</th><th>injected at</th><th>recovered at</th><th>rolled back at</th><th>error</th><th>detail</th></tr>{fault_rows_html or '<tr><td colspan="9">no fault in the scenario</td></tr>'}</table>
 </body></html>
 """

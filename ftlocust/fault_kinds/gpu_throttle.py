@@ -143,15 +143,22 @@ class _Throttle(Fault):
         with Nvml() as nvml:
             index = _index_of(nvml, self.uuid)
             before = nvml.sample(index)
-            if self.limit_w is not None:
-                nvml.set_power_limit_w(index, self.limit_w)
-            else:
-                nvml.lock_sm_clocks(index, self.max_mhz, self.max_mhz)
-            injected_at = time.time()
-            after = nvml.sample(index)
-        if self.limit_w is not None and (after.power_limit_w is None or abs(after.power_limit_w - self.limit_w) > 1):
-            raise RuntimeError(f"GPU {index}: the power limit reads {after.power_limit_w} W after setting "
-                               f"{self.limit_w:g} W")
+            try:
+                if self.limit_w is not None:
+                    nvml.set_power_limit_w(index, self.limit_w)
+                else:
+                    nvml.lock_sm_clocks(index, self.max_mhz, self.max_mhz)
+                injected_at = time.time()
+                after = nvml.sample(index)
+                if self.limit_w is not None and (after.power_limit_w is None
+                                                 or abs(after.power_limit_w - self.limit_w) > 1):
+                    raise RuntimeError(f"GPU {index}: the power limit reads {after.power_limit_w} W after setting "
+                                       f"{self.limit_w:g} W")
+            except Exception:
+                # a failed injection is never recovered by the drill (no event): undo it here
+                reset(self.uuid, clocks=self.limit_w is None,
+                      power_limit_w=self._previous_limit_w if self.limit_w is not None else None)
+                raise
         log.info("injected %s on GPU %d (%s)", self._setting(), index, self.uuid)
         detail = {"gpu": index, "uuid": self.uuid, "setting": self._setting(), "max_clock_mhz": self.max_mhz,
                   "power_limit_w": self.limit_w, "before": before.to_dict(), "after": after.to_dict()}

@@ -216,3 +216,23 @@ def test_the_guardians_reset_action_runs_in_a_fresh_process(gpus, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "GPU 0 (GPU-fake-0000): SM clocks unlocked" in out.stdout
     assert fake_nvml.state()["gpus"][0]["locked"] is None
+
+
+def test_a_power_limit_that_does_not_read_back_is_undone_and_fails_the_injection(gpus, monkeypatch):
+    from ftlocust.gpu import Nvml
+
+    f = throttle(gpu=0, power_limit_w=300)
+    f.preflight(FaultContext())
+    real_sample = Nvml.sample
+
+    def stale(self, index):  # the driver accepted the call, the board kept its limit
+        s = real_sample(self, index)
+        s.power_limit_w = 700.0
+        return s
+
+    monkeypatch.setattr(Nvml, "sample", stale)
+    with pytest.raises(RuntimeError, match="the power limit reads 700.0 W after setting 300 W"):
+        f.inject(FaultContext())
+    assert fake_nvml.state()["gpus"][0]["power_limit_w"] == 700  # the partial effect was undone
+    calls = [c["fn"] for c in fake_nvml.read_calls(gpus["FAKE_NVML_CALLS"])]
+    assert calls.count("nvmlDeviceSetPowerManagementLimit") == 2
