@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from ftlocust import phases
 from ftlocust.faults import Fault
 
@@ -31,3 +33,16 @@ class CountingFault(Fault):
         type(self).recovered += 1
         self.event.recovered_at = time.time()
         return f"lifted {self.name}"
+
+
+@pytest.fixture
+def counting_fault():
+    """`CountingFault` registered (and its counters and the phase timeline reset) for one test."""
+    from ftlocust.faults import REGISTRY
+
+    REGISTRY[CountingFault.kind] = CountingFault
+    CountingFault.injected = CountingFault.recovered = 0
+    phases.TIMELINE.reset()
+    yield CountingFault
+    REGISTRY.pop(CountingFault.kind, None)
+    phases.TIMELINE.reset()

@@ -9,22 +9,14 @@ import pytest
 
 from ftlocust import phases
 from ftlocust.drill import Drill, DrillOptions
-from ftlocust.faults import REGISTRY
 from ftlocust.records import OK, RequestRecord, read_records
 from ftlocust.scenario import FaultSpec, Scenario, TargetSpec, TriggerSpec
-from tests.support.fakes import CountingFault
+from tests.support.fakes import CountingFault, counting_fault  # noqa: F401  (a fixture)
 
 
 
 
-@pytest.fixture(autouse=True)
-def registered():
-    REGISTRY[CountingFault.kind] = CountingFault
-    CountingFault.injected = CountingFault.recovered = 0
-    phases.TIMELINE.reset()
-    yield
-    REGISTRY.pop(CountingFault.kind, None)
-    phases.TIMELINE.reset()
+pytestmark = pytest.mark.usefixtures("counting_fault")  # CountingFault registered for every test
 
 
 def _record(i, start, end, phase=None):

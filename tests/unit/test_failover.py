@@ -10,12 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import gevent
 import pytest
 
-from ftlocust import failover, phases
+from ftlocust import failover
 from ftlocust.drill import Drill, DrillOptions
 from ftlocust.errors import ConfigError
-from ftlocust.faults import REGISTRY
 from ftlocust.scenario import FaultSpec, Scenario, TargetSpec, TriggerSpec, scenario_from_dict
-from tests.support.fakes import CountingFault
+from tests.support.fakes import CountingFault, counting_fault  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.usefixtures("counting_fault")  # CountingFault registered for every test
 
 
 class EngineServer:
@@ -187,13 +188,6 @@ def test_preflight_names_an_unknown_role_and_a_target_without_engine_control(eng
 # --- the drill runs it -------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def registered():
-    REGISTRY[CountingFault.kind] = CountingFault
-    CountingFault.injected = CountingFault.recovered = 0
-    phases.TIMELINE.reset()
-    yield
-    REGISTRY.pop(CountingFault.kind, None)
 
 
 def _drill(tmp_path, deployment, delay_s=0.0):
