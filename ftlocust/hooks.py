@@ -98,7 +98,7 @@ def _add_flags(parser) -> None:
                    metavar="S", help="Seconds per generated token on the reference deployment's workers")
     g.add_argument("--ft-gpu-monitor", env_var="FTLOCUST_GPU_MONITOR", type=gpu_monitor_flag_type(), default=None,
                    metavar="auto|on|off", help="Sample the GPUs (NVML) from load start to the end of the run: auto "
-                   "(when NVML sees a GPU), on (required: none is an error), off (default: the scenario's gpu.monitor, auto)")
+                   "(when NVML sees a GPU), on (required: none is an error), off. Default: the scenario's gpu.monitor, else auto")
 
 
 def _artifacts_dir(opts) -> str:
