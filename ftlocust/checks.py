@@ -31,6 +31,7 @@ import fnmatch
 import math
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -86,6 +87,8 @@ class RunResult:
     - `lost_workers`: one dict per Locust worker lost mid-run: {worker, lost_at, in_flight, unsent}.
     - `wait_budget_s`: the most all checks of one `evaluate` may wait in total.
     - `gpu_samples`: the GPU monitor's samples (`ftlocust.gpu.GpuSample`), [] when none ran.
+    - `exits`: how each deployment process that ended during the run ended (`{role, pid,
+      exit_code, signal}`, `ftlocust.targets.RecordsExits`); None when the target cannot tell.
     """
 
     records: list[RequestRecord] = field(default_factory=list)
@@ -103,6 +106,7 @@ class RunResult:
     scrape: Callable[[], dict[str, MetricsSnapshot]] | None = None
     wait_budget_s: float = DEFAULT_WAIT_BUDGET_S
     gpu_samples: list = field(default_factory=list)
+    exits: list[dict] | None = None
     wait_deadline: float | None = field(default=None, repr=False, compare=False)  # set by evaluate()
 
     @classmethod
@@ -907,3 +911,40 @@ def _gpu_metric(p: dict, result: RunResult) -> tuple[bool, str]:
     if problems:
         return False, f"{what} not {bound}: {', '.join(problems)}; judged: {', '.join(judged)}"
     return True, f"{what} {bound}: {', '.join(judged)}"
+
+
+@register_check(
+    "process_exit",
+    [
+        Field("role", "str", required=True),  # a role or a glob (`worker-*`)
+        Field("exit_code", "int", default=None, min=0, max=255),
+        Field("signal", "str", default=None, choices=tuple(s.name for s in signal.Signals)),
+    ],
+    label=lambda p: f"{p['role']} exited during the run" + (
+        f" with status {p['exit_code']}" if p["exit_code"] is not None else
+        f" by {p['signal']}" if p["signal"] is not None else ""),
+)
+def _process_exit(p: dict, result: RunResult) -> tuple[bool, str]:
+    """A process of `role` ended during the run on its own or by a fault (not stopped by
+    ftlocust), with `exit_code` or by `signal` when given. What the server did, from the
+    process table: vLLM's API server exits 0 when its engine dies, which a supervisor that
+    restarts only on failure never restarts."""
+    if p["exit_code"] is not None and p["signal"] is not None:
+        raise ConfigError("process_exit: give exit_code or signal, not both")
+    if result.exits is None:
+        return _empty(p, "this target does not record how its processes ended") or (
+            False, "this target does not record how its processes ended")
+    role = p["role"]
+    mine = [e for e in result.exits if fnmatch.fnmatchcase(e["role"], role)]
+    if not mine:
+        others = ", ".join(_exit_text(e) for e in result.exits) or "none"
+        return False, f"no process of {role} exited during the run (exits: {others})"
+    wanted = [e for e in mine if (p["exit_code"] is None or e.get("exit_code") == p["exit_code"])
+              and (p["signal"] is None or e.get("signal") == p["signal"])]
+    detail = "; ".join(_exit_text(e) for e in mine)
+    return bool(wanted), detail
+
+
+def _exit_text(e: Mapping) -> str:
+    how = f"status {e['exit_code']}" if e.get("exit_code") is not None else f"signal {e.get('signal')}"
+    return f"{e['role']} (pid {e['pid']}) {how}"

@@ -379,7 +379,9 @@ class Drill:
             return None
         self.deployment.refresh_evidence()  # a k8s target's log files: now, not at the next poll
         logs = {role: path for role in self.deployment.worker_roles() if (path := self.deployment.log_path(role))}
-        return evidence.find_serving_role(logs, self.probe_request_id, timeout_s=5.0)
+        pattern = self.deployment.serving_log_pattern if isinstance(self.deployment, targets.NamesServingLine) \
+            else evidence.SERVING_PATTERN
+        return evidence.find_serving_role(logs, self.probe_request_id, timeout_s=5.0, pattern=pattern)
 
     def _metrics_urls(self) -> dict[str, str]:
         urls = {}
@@ -484,6 +486,11 @@ class Drill:
         if self.gpu_monitor is not None:
             self.gpu_monitor.stop()
 
+    def _exits(self) -> list[dict] | None:
+        """How each deployment process that ended during the run ended (vLLM exits 0 after
+        losing its engine); None: this target cannot tell, which is not "nothing exited"."""
+        return self.deployment.exits() if isinstance(self.deployment, targets.RecordsExits) else None
+
     def _gpu_samples(self) -> list:
         return list(self.gpu_monitor.samples) if self.gpu_monitor is not None else []
 
@@ -521,6 +528,7 @@ class Drill:
             rollbacks=list(self.rollbacks),
             lost_workers=list(self.lost_workers),
             gpu_samples=self._gpu_samples(),
+            exits=self._exits(),
             scrape=(lambda: evidence.scrape_all(urls, timeout_s=2.0)) if urls else None,
         )
         verdicts = checks_module.evaluate(self.checks, result)
@@ -543,9 +551,7 @@ class Drill:
         self.summary["gpu_monitor"] = self.gpu_plan.status() if self.gpu_plan else None
         self.summary["gpus"] = gpu_monitor.summarize(result.gpu_samples, events, self.gpu_monitor.gpus) \
             if self.gpu_monitor is not None else []
-        # how each deployment process that ended during the run ended (vLLM exits 0 after losing its engine)
-        # (None: this target cannot tell, which is not "nothing exited")
-        self.summary["exits"] = self.deployment.exits() if isinstance(self.deployment, targets.RecordsExits) else None
+        self.summary["exits"] = result.exits
         self.summary["failovers"] = [self._failover_record(f) for f in self.faults
                                      if f.spec.failover is not None and f.event is not None and f.event.injected]
         self.table = report.results_table([self.summary])

@@ -84,13 +84,15 @@ def require_env(env_path: Path | str | None = None) -> Path:
     return path
 
 
-def _run(step: str, argv: list[str], log_path: Path) -> None:
-    """Run one step, appending its output to the env's build log; one-line error on failure."""
+def run_step(step: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    """Run one step, appending its output to the env's build log; one-line error on failure.
+    `env`: set over this process's environment for the step."""
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(argv)}\n")
         log.flush()
         try:
-            result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=dict(os.environ, **env) if env else None)
         except OSError as exc:
             raise ConfigError(f"{step} failed: cannot run {argv[0]}: {exc.strerror}") from None
     if result.returncode != 0:
@@ -123,20 +125,20 @@ def create_env(env_path: Path | str | None = None, python: str | None = None, qu
 
     if not env_python(path).exists():
         say(f"1/5 creating virtual environment at {path}")
-        _run("creating the venv", [python or _base_python(), "-m", "venv", str(path)], log_path)
+        run_step("creating the venv", [python or _base_python(), "-m", "venv", str(path)], log_path)
     else:
         say(f"1/5 finishing the half-built environment at {path}")
     say(f"2/5 downloading {' '.join(DYNAMO_PACKAGES)} (--no-deps)")
-    _run("downloading Dynamo", pip + ["download", "--no-deps", "-d", str(wheels), *DYNAMO_PACKAGES], log_path)
+    run_step("downloading Dynamo", pip + ["download", "--no-deps", "-d", str(wheels), *DYNAMO_PACKAGES], log_path)
     found = sorted(str(w) for w in wheels.glob(f"ai_dynamo*-{DYNAMO_VERSION}-*.whl"))
     if len(found) != 2:
         raise ConfigError(f"downloading Dynamo: expected 2 wheels in {wheels}, found {len(found)} — log: {log_path}")
     say("3/5 installing the Dynamo wheels (--no-deps)")
-    _run("installing Dynamo", pip + ["install", "--no-deps", *found], log_path)
+    run_step("installing Dynamo", pip + ["install", "--no-deps", *found], log_path)
     say(f"4/5 installing {len(DYNAMO_DEPENDENCIES)} dependencies (a few minutes)")
-    _run("installing Dynamo's dependencies", pip + ["install", *DYNAMO_DEPENDENCIES], log_path)
+    run_step("installing Dynamo's dependencies", pip + ["install", *DYNAMO_DEPENDENCIES], log_path)
     say("5/5 checking that the frontend and the mocker import")
-    _run("import check", [str(env_python(path)), "-c", IMPORT_CHECK], log_path)
+    run_step("import check", [str(env_python(path)), "-c", IMPORT_CHECK], log_path)
     shutil.rmtree(wheels, ignore_errors=True)  # installed; 80 MB not worth keeping
     (path / MARKER).write_text(marker_text())
     say(f"done in {time.monotonic() - started:.0f} s: {path}")

@@ -158,7 +158,9 @@ def request_id_regex(request_id: str, pattern: str = SERVING_PATTERN) -> str:
     ident = '"?' + re.escape(request_id) + r'(?:"|(?![\w-]))'
     if "{id}" in pattern:
         head, _, tail = pattern.partition("{id}")
-        return re.escape(head) + ident + re.escape(tail)
+        if tail:  # the text after the id ends it (vLLM's `cmpl-<id>-0:`)
+            return re.escape(head) + '"?' + re.escape(request_id) + '"?' + re.escape(tail)
+        return re.escape(head) + ident
     return re.escape(pattern) + ".*?" + r"(?<![\w-])" + ident
 
 

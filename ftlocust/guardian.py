@@ -49,7 +49,7 @@ import sys
 import time
 from typing import Callable
 
-from ftlocust.processes import stat_fields
+from ftlocust.processes import group_members, stat_fields
 
 log = logging.getLogger("ftlocust.guardian")
 
@@ -80,21 +80,6 @@ def _start_ticks(pid: int) -> str | None:
     return None if fields is None or fields[0] in ("Z", "X") else fields[19]
 
 
-def _group_members(pgid: int, not_before_ticks: int) -> list[int]:
-    """Live processes in process group pgid started no earlier than its leader (so a reused
-    group id cannot make us signal strangers)."""
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = stat_fields(int(name))
-        if fields is None or fields[0] in ("Z", "X"):
-            continue
-        if int(fields[2]) == pgid and int(fields[19]) >= not_before_ticks:
-            members.append(int(name))
-    return members
-
-
 # -- built-in actions -----------------------------------------------------------------------------
 
 def process_action(kind: str, pid: int, label: str = "", **fields) -> dict:
@@ -119,7 +104,7 @@ def _stop_process(a: dict) -> str | None:
     """SIGTERM to the process group ftlocust started the process in (its children too), SIGKILL
     to whatever is left after `grace_s`."""
     pid, ticks = a["pid"], int(a["start_ticks"])
-    members = _group_members(pid, ticks)
+    members = group_members(pid, ticks)
     if not members:
         return None
     for sig, wait_s in ((signal.SIGTERM, float(a.get("grace_s", 1.0))), (signal.SIGKILL, 5.0)):
@@ -130,7 +115,7 @@ def _stop_process(a: dict) -> str | None:
                 pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            members = _group_members(pid, ticks)
+            members = group_members(pid, ticks)
             if not members:
                 return f"stopped {a['label']} (pid {pid}) with {sig.name}"
             time.sleep(0.02)

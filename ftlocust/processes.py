@@ -29,6 +29,21 @@ def stat_fields(pid: int) -> list[str] | None:
     return stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
 
 
+def group_members(pgid: int, not_before_ticks: int) -> list[int]:
+    """Live processes in process group pgid started no earlier than its leader (so a reused
+    group id cannot make us signal strangers)."""
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = stat_fields(int(name))
+        if fields is None or fields[0] in ("Z", "X"):
+            continue
+        if int(fields[2]) == pgid and int(fields[19]) >= not_before_ticks:
+            members.append(int(name))
+    return members
+
+
 def process_identity(pid: int) -> tuple[str, str] | None:
     """(command line, start time in clock ticks) of a live process; None when gone or a zombie."""
     try:

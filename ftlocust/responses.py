@@ -128,7 +128,7 @@ class ResponseRead:
         self.extra_tokens = 0  # tokens beyond one per content chunk, from token_ids / logprobs
         self.listed_tokens = False  # some chunk listed its tokens
         self.usage_tokens = 0  # tokens by the per-chunk cumulative usage (sum of its increments)
-        self.usage_streamed = False  # usage came on a chunk before the last: continuous usage
+        self.usage_streamed = False  # usage came on a chunk before the last, or on the first: continuous usage
         self._cum = 0
         self._in_error = False  # inside an `event: error` frame (until its blank line)
 
@@ -182,6 +182,7 @@ class StreamReader(ResponseRead):
         if self.rid is None:
             self.rid = obj.get("id")
         usage = obj.get("usage")
+        counted_here = False
         if usage and type(usage) is dict:
             self.usage = usage
             cum = usage.get("completion_tokens") if choices else None
@@ -189,6 +190,7 @@ class StreamReader(ResponseRead):
                 # a figure below the last one: the count started over (e.g. a migrated stream)
                 self.usage_tokens += cum - self._cum if cum >= self._cum else cum
                 self._cum = cum
+                counted_here = True
                 if type(choices[0]) is dict and not choices[0].get("finish_reason"):
                     self.usage_streamed = True  # not just a final report on the last chunk
         if not choices:
@@ -209,6 +211,11 @@ class StreamReader(ResponseRead):
             if not content:
                 return False
         self.times.append(now)
+        if counted_here and len(self.times) == 1:
+            # The first content chunk carries the count so far: a real engine whose reader
+            # lagged sends several tokens in one chunk (vLLM merges them), even all of them in
+            # the only one. Continuous usage or a final report, it counts that chunk's tokens.
+            self.usage_streamed = True
         if content and self.texts is not None:
             self.texts.append(content)
         listed = choice.get("token_ids")

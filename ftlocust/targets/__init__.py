@@ -72,6 +72,15 @@ class RecordsExits(Protocol):
     def exits(self) -> list[dict]: ...
 
 
+@runtime_checkable
+class NamesServingLine(Protocol):
+    """A deployment whose workers log admitted requests in their own words: `serving-worker`
+    is the worker whose log has this pattern (`{id}`: the probe's request id). Without it:
+    Dynamo's `request received request_id={id}` (`ftlocust.evidence.SERVING_PATTERN`)."""
+
+    serving_log_pattern: str
+
+
 @dataclass(frozen=True)
 class TargetKind:
     name: str
@@ -108,6 +117,10 @@ for _kind in (
     TargetKind("k8s", "ftlocust.targets.k8s:K8sDeployment",
                "a Kubernetes deployment: roles as label selectors in one namespace, frontend at --host",
                started_here=False, takes_host=True),
+    TargetKind("vllm", "ftlocust.targets.vllm:VllmDeployment",
+               "real vLLM: one `vllm serve` on 127.0.0.1 (python -m ftlocust.vllm_env --target vllm first)"),
+    TargetKind("dynamo-vllm", "ftlocust.targets.dynamo_vllm:DynamoVllmDeployment",
+               "local NVIDIA Dynamo with real vLLM workers (python -m ftlocust.vllm_env --target dynamo-vllm first)"),
 ):
     register_target(_kind)
 

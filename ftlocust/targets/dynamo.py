@@ -198,7 +198,7 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
             raise ConfigError(f"network: expected {' or '.join(NETWORKS)}, got {network!r}")
         self.extra_frontend_args = _strings(extra_frontend_args, "extra_frontend_args")
         self.extra_worker_args = _strings(extra_worker_args, "extra_worker_args")
-        self.env_path = require_env(env_path)
+        self.env_path = self._require_env(env_path)
         self.python = str(env_python(self.env_path))
         self.run_dir = Path(run_dir).resolve()
         self.workers = workers
@@ -219,6 +219,11 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
         self._system_ports: dict[str, int] = {}
         self._broker_ports: tuple[int, int] | None = None
         self._init_network(network)
+
+    @staticmethod
+    def _require_env(env_path: str | os.PathLike | None) -> Path:
+        """The venv the processes run from (a subclass with other workers needs another)."""
+        return require_env(env_path)
 
     # ----- addresses -------------------------------------------------------------------
 

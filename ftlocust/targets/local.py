@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 from ftlocust.errors import ConfigError
+from ftlocust.processes import group_members, process_identity
 
 HealthUrl = Union[str, Callable[[], Union[str, None]], None]
 
@@ -88,6 +89,7 @@ class ProcessGroup:
         self._procs: dict[str, subprocess.Popen] = {}
         self._order: list[str] = []  # start order; stop(None) walks it backwards
         self._guardian_holds: dict[str, tuple] = {}  # role -> (guardian, hold id)
+        self._start_ticks: dict[int, int] = {}  # leader pid -> its start time, for its group's leftovers
         # every process started, in order: (role, process, stopped by this group)
         self._history: list[list] = []
         # A driver that exits without stop() must not leave processes behind (finalize runs at
@@ -129,6 +131,9 @@ class ProcessGroup:
         self.specs[spec.role] = spec
         self._procs[spec.role] = proc
         self._history.append([spec.role, proc, False])
+        identity = process_identity(proc.pid)
+        if identity is not None:
+            self._start_ticks[proc.pid] = int(identity[1])
         self._hold(spec.role, proc.pid)
         self.started_at[spec.role] = time.time()
         self.ready_at.pop(spec.role, None)
@@ -245,11 +250,30 @@ class ProcessGroup:
                 if entry[1] is proc and proc.poll() is None:
                     entry[2] = True
             _terminate(proc, grace_s)
+            self._end_leftovers(proc.pid)
             self._release(r)
             try:
                 os.unlink(self.pid_path(r))
             except FileNotFoundError:
                 pass
+
+    def _end_leftovers(self, pid: int) -> None:
+        """SIGKILL what is left of the process group a stopped leader started in (its own
+        session): children it orphaned, such as vLLM's engine processes after the API server
+        exited, which would otherwise linger for seconds. Only processes started after the leader."""
+        ticks = self._start_ticks.get(pid)
+        if ticks is None:
+            return
+        for _ in range(100):  # bounded: SIGKILLed processes go within milliseconds
+            members = group_members(pid, ticks)
+            if not members:
+                return
+            for member in members:
+                try:
+                    os.kill(member, _signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(_POLL_S)
 
     def _hold(self, role: str, pid: int) -> None:
         """If the driver dies, the guardian ends this process (and its process group)."""

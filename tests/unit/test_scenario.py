@@ -54,7 +54,7 @@ def _fault(**trigger):
         ({"name": 5}, "s.yaml: name: expected a non-empty string, got 5"),
         # target
         ({"name": "x", "target": "reference"}, "s.yaml: target: expected a mapping, got 'reference'"),
-        ({"name": "x", "target": {"kind": "nomad"}}, "s.yaml: target.kind: expected one of reference, dynamo, external, k8s, got 'nomad'"),
+        ({"name": "x", "target": {"kind": "nomad"}}, "s.yaml: target.kind: expected one of reference, dynamo, external, k8s, vllm, dynamo-vllm, got 'nomad'"),
         ({"name": "x", "target": {"kind": "refrence"}}, "got 'refrence'; did you mean 'reference'?"),
         ({"name": "x", "target": {"workers": 0}}, "s.yaml: target.workers: expected an integer > 0, got 0"),
         ({"name": "x", "target": {"workers": "two"}}, "s.yaml: target.workers: expected an integer > 0, got 'two'"),
@@ -276,7 +276,7 @@ def test_another_target_kind_drops_the_scenario_options():
     new = apply_overrides(s, target_overrides={}, target_kind="dynamo")
     assert (new.target.kind, new.target.options, new.target.workers) == ("dynamo", {}, 2)
     assert apply_overrides(s, target_overrides={}, target_kind="reference").target.options == {"token_delay_s": 0.01}
-    with pytest.raises(ConfigError, match=r"^--ft-target: expected one of reference, dynamo, external, k8s, got 'nomad'$"):
+    with pytest.raises(ConfigError, match=r"^--ft-target: expected one of reference, dynamo, external, k8s, vllm, dynamo-vllm, got 'nomad'$"):
         apply_overrides(s, target_overrides={}, target_kind="nomad")
     external = scenario_from_dict({"name": "e", "target": {"kind": "external", "pids": {"worker-1": "pid:1"}}})
     with pytest.raises(ConfigError, match=r"^--ft-target: expected no --ft-target with an external scenario target"):
