@@ -378,6 +378,8 @@ def _validate_extra(kind: str, params: dict, where: str) -> None:
         validate_window(params["window"], v.at(where, "window"))
         if params["min"] is None and params["max"] is None:
             raise v.missing(v.at(where, "min"), "min or max, or both")
+    if kind == "process_exit" and params["exit_code"] is not None and params["signal"] is not None:
+        raise v.error(v.at(where, "signal"), "exit_code or signal, not both (a process ends one way)", params["signal"])
     if params.get("regex") and "pattern" in params:
         try:
             re.compile(params["pattern"])
@@ -929,8 +931,6 @@ def _process_exit(p: dict, result: RunResult) -> tuple[bool, str]:
     ftlocust), with `exit_code` or by `signal` when given. What the server did, from the
     process table: vLLM's API server exits 0 when its engine dies, which a supervisor that
     restarts only on failure never restarts."""
-    if p["exit_code"] is not None and p["signal"] is not None:
-        raise ConfigError("process_exit: give exit_code or signal, not both")
     if result.exits is None:
         return _empty(p, "this target does not record how its processes ended") or (
             False, "this target does not record how its processes ended")

@@ -150,6 +150,10 @@ class Drill:
         if deployment.started_here:
             t = self.scenario.target
             log.info("starting the %s deployment (%d workers, migration limit %d)", t.kind, t.workers, t.migration_limit)
+            if self.scenario.deployment is not None:
+                row = self.scenario.deployment
+                log.info("deployment %s runs on the %s target (%s)", row["name"], row["target"],
+                         "real engine" if row["real_engine"] else "an imitation of its engine: no real-engine evidence")
         try:
             deployment.start()
         except BaseException:
@@ -552,6 +556,7 @@ class Drill:
         self.summary["gpus"] = gpu_monitor.summarize(result.gpu_samples, events, self.gpu_monitor.gpus) \
             if self.gpu_monitor is not None else []
         self.summary["exits"] = result.exits
+        self.summary["deployment"] = self.scenario.deployment  # the seed row and where it ran (real engine or not)
         self.summary["failovers"] = [self._failover_record(f) for f in self.faults
                                      if f.spec.failover is not None and f.event is not None and f.event.injected]
         self.table = report.results_table([self.summary])

@@ -27,7 +27,7 @@ import yaml
 from ftlocust import validation as v
 from ftlocust.validation import at
 
-SCENARIO_FIELDS = ("name", "target", "faults", "checks", "stop", "probe", "load", "plugins", "gpu")
+SCENARIO_FIELDS = ("name", "target", "deployment", "faults", "checks", "stop", "probe", "load", "plugins", "gpu")
 TARGET_FIELDS = ("kind", "workers", "migration_limit", "options", "metrics", "logs", "pids")
 EXTERNAL_ONLY = ("metrics", "logs", "pids")
 FAULT_FIELDS = ("kind", "target", "trigger", "name", "duration_s", "repeat", "failover")  # the rest: the kind's own (params)
@@ -117,6 +117,8 @@ class Scenario:
     source: str = ""  # the file it was read from
     plugins: list[str] = field(default_factory=list)  # module names or .py paths, as written
     gpu: Any = field(default_factory=lambda: _gpu_spec(None, "gpu"))  # ftlocust.gpu_monitor.GpuSpec
+    # `deployment:` (the seed matrix's row) and where it runs: ftlocust.deployments.Placement.describe
+    deployment: dict[str, Any] | None = None
 
     @property
     def where(self) -> str:
@@ -158,9 +160,11 @@ def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:
     root = f"{source}:"
     d = v.mapping(data, root, SCENARIO_FIELDS, required=("name",))
     faults_where = at(root, "faults")
+    target_data, deployment = _place_deployment(d.get("deployment"), d.get("target"), root)
     scenario = Scenario(
         name=v.string(d["name"], at(root, "name")),
-        target=target_from_dict(d.get("target"), at(root, "target")),
+        target=target_from_dict(target_data, at(root, "target")),
+        deployment=deployment,
         faults=[fault_from_dict(f, at(faults_where, i))
                 for i, f in enumerate(v.listing(d.get("faults"), faults_where, "faults"))],
         checks=v.listing(d.get("checks"), at(root, "checks"), "checks"),
@@ -172,6 +176,26 @@ def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:
         gpu=_gpu_spec(d.get("gpu"), at(root, "gpu")),
     )
     return scenario
+
+
+def _place_deployment(data: Any, target: Any, root: str) -> tuple[Any, dict | None]:
+    """`deployment:` chooses the target's kind and workers (`ftlocust.deployments`); the
+    scenario's `target:` may add options and the migration limit, not name them again."""
+    from ftlocust import deployments
+
+    where = at(root, "deployment")
+    spec = deployments.deployment_from_value(data, where)
+    if spec is None:
+        return target, None
+    t = dict(v.mapping(target, at(root, "target"), TARGET_FIELDS))
+    for key in ("kind", "workers"):
+        if key in t:
+            raise v.error(at(root, f"target.{key}"), f"nothing: deployment {spec.name} sets it (kind from the backend, "
+                                                     f"workers = dp); drop one of the two", t[key])
+    placement = deployments.place(spec, where)
+    t.update(kind=placement.kind, workers=placement.workers,
+             options={**placement.options, **v.mapping(t.get("options"), at(root, "target.options"))})
+    return t, placement.describe(spec)
 
 
 def _gpu_spec(data: Any, where: str) -> Any:
@@ -335,6 +359,7 @@ def apply_overrides(scenario: Scenario, *, target_overrides: dict[str, Any], rec
                 raise v.error("--ft-target", "no --ft-target with an external scenario target (its faults name "
                                              "that deployment's processes)", target_kind)
             t.kind, t.options = target_kind, {}
+            s.deployment = None  # the row no longer runs where its placement said
     from ftlocust.options import run_flag
 
     for key, value in target_overrides.items():

@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Create the virtual environment of a real-vLLM target (plain vLLM or Dynamo's vLLM worker).",
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--target", required=True, choices=list(FLAVOURS), help="which target's environment")
+    parser.add_argument("--target", required=True, choices=[*FLAVOURS, "all"],
+                        help="which target's environment (all: every one, built side by side)")
     parser.add_argument("--path", help="where to create it (default: $FTLOCUST_VLLM_ENV / $FTLOCUST_DYNAMO_VLLM_ENV, "
                                        "else <project>/.vllm-env / .dynamo-vllm-env)")
     parser.add_argument("--device", choices=DEVICES, default="cpu",
@@ -230,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", help="interpreter to build the venv from (default: this one; needs 3.10-3.12)")
     parser.add_argument("--check", action="store_true", help="only report whether a complete env exists (exit 0/1)")
     args = parser.parse_args(argv)
+    if args.target == "all":
+        if args.path:
+            parser.error("--path names one env: give it with one --target")
+        return _build_all(args)
     path = Path(args.path) if args.path else default_env_path(args.target)
     if args.check:
         device = env_device(args.target, path)
@@ -241,6 +246,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _build_all(args: argparse.Namespace) -> int:
+    """Every target's env at its default path, side by side (pip waits on the network and
+    the disk as much as on a core): 0 when all are complete."""
+    if args.check:
+        return max(main(["--target", t, "--check"]) for t in FLAVOURS)
+    import threading
+
+    failed: dict[str, str] = {}
+
+    def build(target: str) -> None:
+        try:
+            create_env(target, device=args.device, python=args.python)
+        except ConfigError as exc:
+            failed[target] = str(exc)
+
+    threads = [threading.Thread(target=build, args=(t,), name=f"vllm-env-{t}") for t in FLAVOURS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for target, error in failed.items():
+        print(f"error: --target {target}: {error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -21,149 +21,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from ftlocust.dynamo_env import env_python
-from ftlocust.evidence import MetricsSnapshot
-from ftlocust.records import read_records
+from tests.support.drill_run import ROOT, Drill
 from tests.support.dynamo import ENV_PATH, dynamo_marks
 from tests.support.netns import needs_netns
 
 pytestmark = dynamo_marks(timeout_s=300)
 
-ROOT = Path(__file__).resolve().parents[2]
-RUN_LIMIT_S = 240  # a drill is ~15-30 s; this only bounds a hang
 PROBE_TOKENS = 600  # the scenarios' probe.max_tokens
-
-
-# ----- running a drill ------------------------------------------------------------------------
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot), None when gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
-class Drill:
-    """One finished drill run: exit code, output, artifacts, and every deployment PID seen."""
-
-    def __init__(self, locustfile: str, scenario: str | None, artifacts: Path, extra: tuple[str, ...] = ()):
-        """`scenario`: a file of configs/dynamo/, or None for the locustfile's own scenario."""
-        self.art = artifacts
-        scenario_args = ["--ft-scenario", str(ROOT / "configs" / "dynamo" / scenario)] if scenario else []
-        argv = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / locustfile), "--headless",
-                *scenario_args, "--ft-artifacts", str(artifacts), *extra]
-        self.pids: dict[int, str] = {}  # pid -> start ticks, as first seen
-        pid_dir = artifacts / "deployment" / "pids"
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                stdin=subprocess.DEVNULL)
-        out_lines: list[str] = []
-        reader = _Reader(proc, out_lines)
-        deadline = time.monotonic() + RUN_LIMIT_S
-        try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                self._note_pids(pid_dir)  # a restarted role gets a new PID: keep polling
-                time.sleep(0.1)
-            if proc.poll() is None:  # hung: SIGTERM makes the drill roll back and tear down
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-                pytest.fail(f"drill {scenario} did not end within {RUN_LIMIT_S} s")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            reader.join()
-        self.returncode = proc.returncode
-        self.output = "".join(out_lines)
-
-    def _note_pids(self, pid_dir: Path) -> None:
-        try:
-            names = os.listdir(pid_dir)
-        except OSError:
-            return
-        for name in names:
-            try:
-                pid = int((pid_dir / name).read_text().strip())
-            except (OSError, ValueError):
-                continue  # being written
-            if pid not in self.pids:
-                ticks = _start_ticks(pid)
-                if ticks is not None:
-                    self.pids[pid] = ticks
-
-    def tail(self) -> str:
-        return self.output[-4000:]
-
-    # -- artifacts --
-    @property
-    def summary(self) -> dict:
-        return json.loads((self.art / "summary.json").read_text())
-
-    def verdicts(self) -> dict[str, bool]:
-        return {c["name"]: c["passed"] for c in self.summary["checks"]}
-
-    def records(self):
-        return read_records(str(self.art / "requests.jsonl"))
-
-    def probe(self):
-        (probe,) = [r for r in self.records() if r.client_id.endswith("/probe")]
-        return probe
-
-    def log_lines(self, role: str) -> list[str]:
-        folder = self.art / "services" / role
-        lines: list[str] = []
-        for name in (f"{role}.previous.log", f"{role}.log"):
-            if (folder / name).is_file():
-                lines += (folder / name).read_text(errors="replace").splitlines()
-        return lines
-
-    def worker_log_lines(self) -> dict[str, list[str]]:
-        """Each worker's whole log, as the deployment left it after teardown (the copies in
-        services/ are the logs as the verdicts saw them: a line written a moment after the
-        "after" metrics scrape is only in these)."""
-        logs = self.art / "deployment" / "logs"
-        roles = sorted(p.name[:-4] for p in logs.glob("worker-*.log") if not p.name.endswith(".previous.log"))
-        return {role: [line for name in (f"{role}.previous.log", f"{role}.log") if (logs / name).is_file()
-                       for line in (logs / name).read_text(errors="replace").splitlines()] for role in roles}
-
-    def metric_delta(self, role: str, name: str, **labels) -> float:
-        folder = self.art / "services" / role
-        before, after = (MetricsSnapshot((folder / f"{role}.metrics.{w}.txt").read_text()) for w in ("before", "after"))
-        return after.value(name, **labels) - before.value(name, **labels)
-
-    def assert_torn_down(self) -> None:
-        assert self.pids, "the drill's deployment wrote no pid files"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            left = [pid for pid, ticks in self.pids.items() if _start_ticks(pid) == ticks]
-            if not left:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"deployment processes left alive after the drill: {left}")
-
-
-class _Reader:
-    """Drains the drill's output in a thread, so a full pipe never blocks it."""
-
-    def __init__(self, proc: subprocess.Popen, sink: list[str]):
-        import threading
-
-        self.thread = threading.Thread(target=lambda: sink.extend(iter(proc.stdout.readline, "")), daemon=True)
-        self.thread.start()
-
-    def join(self) -> None:
-        self.thread.join(timeout=30)
 
 
 # ----- Dynamo's side: log lines keyed by the client's request id --------------------------------
