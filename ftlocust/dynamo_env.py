@@ -84,6 +84,17 @@ def require_env(env_path: Path | str | None = None) -> Path:
     return path
 
 
+def prepare_env_dir(path: Path) -> tuple[Path, list[str]]:
+    """Make `path` the folder of an env being built (refusing a file or a folder that is not
+    a venv); return its build log and its pip command."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--path {path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / "pyvenv.cfg").exists():
+        raise ConfigError(f"--path {path}: directory is not empty and is not a virtual environment")
+    path.mkdir(parents=True, exist_ok=True)
+    return path / "ftlocust-build.log", [str(env_python(path)), "-m", "pip", "--disable-pip-version-check", "--no-input"]
+
+
 def run_step(step: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
     """Run one step, appending its output to the env's build log; one-line error on failure.
     `env`: set over this process's environment for the step."""
@@ -112,15 +123,8 @@ def create_env(env_path: Path | str | None = None, python: str | None = None, qu
     if is_complete(path):
         say(f"reusing complete environment at {path}")
         return path
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--path {path}: exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / "pyvenv.cfg").exists():
-        raise ConfigError(f"--path {path}: directory is not empty and is not a virtual environment")
-
+    log_path, pip = prepare_env_dir(path)
     started = time.monotonic()
-    path.mkdir(parents=True, exist_ok=True)
-    log_path = path / "ftlocust-build.log"
-    pip = [str(env_python(path)), "-m", "pip", "--disable-pip-version-check", "--no-input"]
     wheels = path / "wheels"
 
     if not env_python(path).exists():

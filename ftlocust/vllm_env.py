@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftlocust.dynamo_env import DYNAMO_DEPENDENCIES, DYNAMO_PACKAGES, env_python, run_step
+from ftlocust.dynamo_env import DYNAMO_DEPENDENCIES, DYNAMO_PACKAGES, env_python, prepare_env_dir, run_step
 from ftlocust.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -168,15 +168,8 @@ def create_env(target: str, env_path: Path | str | None = None, device: str = "c
         return path
     if built is not None:
         raise ConfigError(f"--path {path}: holds a {built} build; give another --path for {device}")
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--path {path}: exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / "pyvenv.cfg").exists():
-        raise ConfigError(f"--path {path}: directory is not empty and is not a virtual environment")
-
+    log_path, pip = prepare_env_dir(path)
     started = time.monotonic()
-    path.mkdir(parents=True, exist_ok=True)
-    log_path = path / "ftlocust-build.log"
-    pip = [str(env_python(path)), "-m", "pip", "--disable-pip-version-check", "--no-input"]
     steps = 6 if f.with_dynamo else 5
     if not env_python(path).exists():
         say(f"1/{steps} creating virtual environment at {path}")

@@ -145,12 +145,14 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
     events_path = None  # ground-truth events exist only for the reference deployment
     started_here = True
 
+    kind = "dynamo"  # its name in the target registry (error messages name the options by it)
+
     @classmethod
     def from_spec(cls, spec, run_dir: str, host: str | None = None) -> "DynamoDeployment":
-        """From a scenario's `target` (kind dynamo): workers, migration limit, options."""
+        """From a scenario's `target`: workers, migration limit, options."""
         from ftlocust.targets import options_for
 
-        options = options_for(cls, spec.options, "dynamo", {"workers", "migration_limit"})
+        options = options_for(cls, spec.options, cls.kind, {"workers", "migration_limit"})
         return cls(run_dir, workers=spec.workers, migration_limit=spec.migration_limit, **options)
 
     def __init__(
@@ -419,16 +421,6 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
         else:
             self._wait_routable(role, deadline)
             self._instances[role] = self.instance_id(role)
-
-    def __enter__(self) -> "DynamoDeployment":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # ----- readiness -------------------------------------------------------------------
 

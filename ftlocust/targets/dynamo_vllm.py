@@ -47,12 +47,7 @@ class DynamoVllmDeployment(DynamoDeployment):
       kv_cache_gib       CPU KV cache per worker (VLLM_CPU_KVCACHE_SPACE), GiB
     """
 
-    @classmethod
-    def from_spec(cls, spec, run_dir: str, host: str | None = None) -> "DynamoVllmDeployment":
-        from ftlocust.targets import options_for
-
-        options = options_for(cls, spec.options, TARGET, {"workers", "migration_limit"})
-        return cls(run_dir, workers=spec.workers, migration_limit=spec.migration_limit, **options)
+    kind = TARGET
 
     def __init__(
         self,

@@ -360,6 +360,17 @@ class GroupProcesses:
 
     group: ProcessGroup
 
+    def __enter__(self):
+        """`with Deployment(...) as d:` starts it, and stops what a failed start left."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def refresh_evidence(self) -> None:
         """Nothing to do: the processes write their log files themselves, as it happens."""
 

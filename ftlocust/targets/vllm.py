@@ -221,16 +221,6 @@ class VllmDeployment(GroupProcesses):
             return False
         return status == 200
 
-    def __enter__(self) -> "VllmDeployment":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def _wait_served(self, deadline: float) -> None:
         """The model listed in /v1/models and one completion answered."""
         last = "no answer yet"

@@ -45,9 +45,9 @@ def _fault(**trigger):
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"name": "x", "bogus": 1}, "s.yaml: bogus: unknown field (expected one of checks, faults, gpu, load, name, "
+        ({"name": "x", "bogus": 1}, "s.yaml: bogus: unknown field (expected one of checks, deployment, faults, gpu, load, name, "
                                     "plugins, probe, stop, target)"),
-        ({"name": "x", "prob": {}}, "s.yaml: prob: unknown field (expected one of checks, faults, gpu, load, name, "
+        ({"name": "x", "prob": {}}, "s.yaml: prob: unknown field (expected one of checks, deployment, faults, gpu, load, name, "
                                     "plugins, probe, stop, target); did you mean 'probe'?"),
         ({}, "s.yaml: name: missing (required)"),
         ({"name": ""}, "s.yaml: name: expected a non-empty string, got ''"),
