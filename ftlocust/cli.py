@@ -1,6 +1,7 @@
 """`ftlocust` command: set-up helpers around the drills (the drills themselves run with `locust -f`).
 
     ftlocust dynamo-env [--path DIR]      create the NVIDIA Dynamo environment (real Dynamo target)
+    ftlocust vllm-env --target T          create a real-vLLM environment (vllm, dynamo-vllm or all)
     ftlocust reference --run-dir DIR ...  run the reference deployment until Ctrl-C
 """
 
@@ -10,6 +11,7 @@ import sys
 
 COMMANDS = {
     "dynamo-env": ("ftlocust.dynamo_env", "create the virtual environment for real NVIDIA Dynamo"),
+    "vllm-env": ("ftlocust.vllm_env", "create the virtual environment of a real-vLLM target (--target vllm|dynamo-vllm|all)"),
     "reference": ("ftlocust.targets.reference.__main__", "run the reference deployment on 127.0.0.1"),
 }
 

@@ -344,7 +344,7 @@ def write_html(dir: str, summary: Mapping, table_text: str, timeline_png: str | 
 
     gpu_section = report_html(summary)  # the GPU monitor's figures per window (its series: the timeline)
     exit_rows = "".join(
-        f"<tr><td>{esc(str(e.get('role')))}</td><td>{esc(str(e.get('pid')))}</td>"
+        f"<tr><td>{esc(str(e.get('role')))}</td><td>{esc(_exit_who(e))}</td>"
         f"<td>{esc(str(e['exit_code']) if e.get('exit_code') is not None else '')}</td>"
         f"<td>{esc(str(e.get('signal') or ''))}</td></tr>"
         for e in summary.get("exits") or []
@@ -372,7 +372,7 @@ img {{ max-width: 100%; }}
 <h2>Recovery</h2><p>seconds from each fault; whole run: against the first injected fault</p>
 <table><tr><th></th>{rec_head}</tr>{recovery_rows}<tr><th>startup_s</th><td>{format_cell(summary.get('startup_s'))}</td></tr></table>
 <h2>Exits</h2><p>processes of the deployment that ended during the run (not those ftlocust stopped)</p>
-<table><tr><th>role</th><th>pid</th><th>exit code</th><th>signal</th></tr>{exit_rows or ('<tr><td colspan="4">not known for this target</td></tr>' if summary.get("exits") is None else '<tr><td colspan="4">none</td></tr>')}</table>
+<table><tr><th>role</th><th>pid (or pod/container)</th><th>exit code</th><th>signal</th></tr>{exit_rows or ('<tr><td colspan="4">not known for this target</td></tr>' if summary.get("exits") is None else '<tr><td colspan="4">none</td></tr>')}</table>
 <h2>Faults</h2><table><tr><th>status</th><th>name</th><th>kind</th><th>target</th><th>injected at</th><th>recovered at</th><th>rolled back at</th><th>error</th><th>detail</th></tr>{fault_rows_html or '<tr><td colspan="9">no fault in the scenario</td></tr>'}</table>
 </body></html>
 """
@@ -380,3 +380,8 @@ img {{ max-width: 100%; }}
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
     return path
+
+
+def _exit_who(e: dict) -> str:
+    """The process of an `exits` entry: its pid, or a k8s container as pod/container."""
+    return str(e["pid"]) if e.get("pid") is not None else f"{e.get('pod')}/{e.get('container')}"

@@ -164,6 +164,8 @@ class K8sDeployment:
         self._manifests: dict[str, dict[str, dict]] = {}  # role -> pod -> last manifest seen
         self._states: dict[str, tuple] = {}  # pod uid -> (phase, ready, deleting, restarts) last recorded
         self._seen_lock = threading.Lock()  # the watch threads and the drill both record pods
+        self._exits: dict[tuple, dict] = {}  # (pod uid, container, restarts) -> how that container ended
+        self._watching_since: float | None = None  # wall clock when start() began: exits before are history
         self._stopping = threading.Event()
         self._watchers: list[threading.Thread] = []
         self._watches: dict[str, Any] = {}  # role -> its kubernetes.watch.Watch now (stop() ends it)
@@ -202,6 +204,7 @@ class K8sDeployment:
         from ftlocust.k8s.selection import select_pods
 
         began = time.monotonic()
+        self._watching_since = time.time()
         self.kube = load(self.kubeconfig, self.context, where=f"{WHERE}.kubeconfig")
         warm_up(self.kube, self.namespace, f"{WHERE}.namespace")
         if self.dynamo_graph is not None:
@@ -463,6 +466,7 @@ class K8sDeployment:
         manifest = self.kube.core.api_client.sanitize_for_serialization(pod)
         with self._seen_lock:
             self._manifests.setdefault(role, {})[name] = manifest
+            self._note_exits(role, pod)
             if self._states.get(pod.metadata.uid) == state:
                 return
             self._states[pod.metadata.uid] = state
@@ -471,6 +475,30 @@ class K8sDeployment:
                     "node": pod.spec.node_name if pod.spec is not None else None}
             with open(os.path.join(self.pods_dir, "transitions.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
+
+    def _note_exits(self, role: str, pod: Any) -> None:
+        """Each container end the pod's status reports (`lastState.terminated` of a restarted
+        container, `state.terminated` of one that stays down), once per container and restart."""
+        for status in (pod.status.container_statuses or []) if pod.status is not None else []:
+            for ended in (status.last_state, status.state):
+                terminated = ended.terminated if ended is not None else None
+                if terminated is None:
+                    continue
+                restarts = (status.restart_count or 0) - (1 if ended is status.last_state else 0)
+                key = (pod.metadata.uid, status.name, restarts)
+                finished = terminated.finished_at
+                before_run = finished is not None and self._watching_since is not None \
+                    and finished.timestamp() < self._watching_since
+                if key not in self._exits and not before_run:  # an end before the run is not a finding
+                    self._exits[key] = container_exit(role, pod.metadata.name, status.name, terminated)
+
+    def exits(self) -> list[dict]:
+        """How each container of the role's pods that ended during the run ended, as the
+        kubelet reported it (`RecordsExits`): `{role, pod, container, pid: None, exit_code,
+        signal, reason}`. A signal is the runtime's own field, else exit code 128+n (the
+        convention of container runtimes: 137 is SIGKILL)."""
+        with self._seen_lock:
+            return list(self._exits.values())
 
     def _write_manifests(self) -> None:
         import yaml
@@ -612,3 +640,19 @@ def _write(path: str, texts: dict[str, str]) -> None:
             if text and not text.endswith("\n"):
                 f.write("\n")
     os.replace(tmp, path)
+
+
+def container_exit(role: str, pod: str, container: str, terminated: Any) -> dict:
+    """One `RecordsExits` entry from a container's `terminated` state."""
+    import signal as signal_module
+
+    code = terminated.exit_code
+    number = terminated.signal or (code - 128 if isinstance(code, int) and 128 < code < 128 + 65 else None)
+    name = None
+    if number:
+        try:
+            name = signal_module.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+    return {"role": role, "pod": pod, "container": container, "pid": None, "exit_code": code, "signal": name,
+            "reason": terminated.reason}

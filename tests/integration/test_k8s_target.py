@@ -490,3 +490,37 @@ def test_pod_delete_server_view_is_no_recovery_while_the_deleted_pod_is_still_th
         assert _wait(lambda: fault.server_recovered(ctx), 10)
     finally:
         d.stop()
+
+
+def test_exits_are_the_containers_ends_the_kubelet_reports_during_the_run(tmp_path, frontend):
+    """`exits()` (the summary's `exits`, the `process_exit` check) from the pods' container
+    statuses: an exit status as it is, a signal as the runtime's 128+n; a container that had
+    ended before the run is history, not a finding."""
+    server = FakeKube([NS]).start()
+    procs = []
+    try:
+        server.add_pod(NS, "frontend-0", {"app": "frontend"})
+        old = server.add_pod(NS, "worker-old", {"app": "worker"})
+        old.restarts, old.exit_code, old.finished = 1, 2, "2020-01-01T00:00:00Z"  # crashed long before
+        for name, code in (("worker-a", "import sys, time; time.sleep(3); sys.exit(3)"),
+                           ("worker-b", "import time; time.sleep(60)")):
+            proc = subprocess.Popen([sys.executable, "-c", code])
+            procs.append(proc)
+            server.add_pod(NS, name, {"app": "worker"}, process=proc)
+        d = _build(tmp_path, server, host=frontend).start()
+        try:
+            assert d.exits() == []
+            procs[1].kill()  # worker-b's process ends by SIGKILL
+            assert _wait(lambda: len(d.exits()) == 2, 15), d.exits()
+            ends = {e["pod"]: e for e in d.exits()}
+            assert ends["worker-a"] == {"role": "worker", "pod": "worker-a", "container": "main", "pid": None,
+                                        "exit_code": 3, "signal": None, "reason": "Error"}
+            assert (ends["worker-b"]["exit_code"], ends["worker-b"]["signal"]) == (137, "SIGKILL")
+        finally:
+            d.stop()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        server.stop()

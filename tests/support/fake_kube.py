@@ -104,6 +104,15 @@ def _alive(proc: Any) -> bool:
         return False
 
 
+def _exit_code(proc: Any) -> int | None:
+    """A container's exit code as the kubelet reports it: the status, or 128+n after signal n
+    (None for a process that is not our child: its status is not ours to read)."""
+    code = proc.poll() if hasattr(proc, "poll") else None
+    if code is None:
+        return None
+    return 128 - code if code < 0 else code
+
+
 def _kill(proc: Any, sig: int) -> None:
     try:
         os.kill(proc.pid, sig)
@@ -165,6 +174,8 @@ class FakePod:
     rv: int = 0
     restarts: int = 0  # of its first container: its process exited without the pod being deleted
     exited: bool = False
+    exit_code: int | None = None  # as the kubelet reports it: 128+n for a process ended by signal n
+    finished: str | None = None
 
     def manifest(self) -> dict:
         meta = {"name": self.name, "namespace": self.namespace, "uid": self.uid, "labels": dict(self.labels),
@@ -178,7 +189,11 @@ class FakePod:
                            "conditions": [{"type": "Ready", "status": "True" if self.ready else "False"}],
                            "containerStatuses": [
                                {"name": c, "image": "fake", "imageID": "", "ready": self.ready,
-                                "restartCount": self.restarts if i == 0 else 0}
+                                "restartCount": self.restarts if i == 0 else 0,
+                                **({"lastState": {"terminated": {
+                                    "exitCode": self.exit_code, "reason": "Error" if self.exit_code else "Completed",
+                                    "startedAt": self.created, "finishedAt": self.finished}}}
+                                   if i == 0 and self.exit_code is not None else {})}
                                for i, c in enumerate(self.containers)]}}
 
 
@@ -247,6 +262,7 @@ class FakeKube:
                     if pod.process is not None and not pod.exited and not pod.deletion and not _alive(pod.process):
                         pod.exited, pod.ready = True, False
                         pod.restarts += 1
+                        pod.exit_code, pod.finished = _exit_code(pod.process), _now()
                         self._changed(pod, "MODIFIED")
 
     def stop(self) -> None:

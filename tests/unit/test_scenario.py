@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_shipped_scenarios_load():
     names = []
-    for folder in (os.path.join(ROOT, "configs", sub) for sub in ("scenarios", "dynamo", "k8s", "gpu")):
+    for folder in (os.path.join(ROOT, "configs", sub) for sub in ("scenarios", "dynamo", "vllm", "dynamo-vllm", "k8s", "gpu")):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".yaml"):
                 scenario = load_scenario(os.path.join(folder, name))
@@ -23,7 +23,7 @@ def test_shipped_scenarios_load():
                 build_faults(scenario.faults)  # every kind's own fields too
                 build_checks(scenario.checks)
                 names.append(name)
-    assert "migration.yaml" in names and "decode-worker-pod.yaml" in names and len(names) >= 3
+    assert {"migration.yaml", "decode-worker-pod.yaml", "engine-core.yaml", "engine-core-migration-off.yaml"} <= set(names)
 
 
 def test_migration_scenario_fields():
