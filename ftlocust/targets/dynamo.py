@@ -318,14 +318,23 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
                            health_url=self.base_url + "/health",
                            startup_timeout_s=self.startup_timeout_s)
 
-    def _worker_spec(self, role: str) -> ProcessSpec:
-        argv = [
+    def _worker_argv(self, role: str) -> list[str]:
+        """The worker's command line (a subclass with other workers replaces it)."""
+        return [
             self.python, "-m", "dynamo.mocker",
             "--model-path", str(self.model_dir), "--model-name", self.model,
             "--speedup-ratio", f"{self.speedup_ratio:g}",
             *self.extra_worker_args,
         ]
+
+    def _worker_engine_env(self, role: str) -> dict[str, str]:
+        """What the worker's engine needs in its environment (the mocker: nothing)."""
+        return {}
+
+    def _worker_spec(self, role: str) -> ProcessSpec:
+        argv = self._worker_argv(role)
         env = self._common_env(role)
+        env.update(self._worker_engine_env(role))
         env.update(
             DYN_SYSTEM_HOST=self._host(role),
             DYN_SYSTEM_PORT=str(self._system_ports[role]),

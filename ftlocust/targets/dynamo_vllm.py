@@ -27,8 +27,7 @@ from typing import Iterable, Mapping
 
 from ftlocust import vllm_env
 from ftlocust.errors import ConfigError
-from ftlocust.targets.dynamo import DRAIN_ENV, DynamoDeployment, free_system_ports
-from ftlocust.targets.local import ProcessSpec
+from ftlocust.targets.dynamo import DynamoDeployment, free_system_ports
 from ftlocust.processes import descendants_named
 from ftlocust.targets.vllm import ENGINE_CORE, check_device, check_positive, core_list, engine_args, engine_env
 
@@ -93,28 +92,18 @@ class DynamoVllmDeployment(DynamoDeployment):
     def _require_env(env_path: str | os.PathLike | None) -> Path:
         return vllm_env.require_env(TARGET, env_path)
 
-    def _worker_spec(self, role: str) -> ProcessSpec:
+    def _worker_argv(self, role: str) -> list[str]:
         if role not in self._kv_event_ports:  # kept across restarts, like the system port
             taken = {*self._system_ports.values(), *self._kv_event_ports.values(), self.port, *self._broker_ports}
             self._kv_event_ports[role] = free_system_ports(1, avoid=taken)[0]
         kv_events = {"enable_kv_cache_events": True, "publisher": "zmq",
                      "endpoint": f"tcp://{self._host(role)}:{self._kv_event_ports[role]}"}
-        argv = [
+        return [
             self.python, "-m", "dynamo.vllm",
             *engine_args(self.device, self.vllm_model_path, self.model),
             "--kv-events-config", json.dumps(kv_events),
             *self.extra_worker_args,
         ]
-        index = self.worker_roles().index(role)
-        env = self._common_env(role)
-        env.update(engine_env(self.device, core_list(index), self.kv_cache_gib))
-        env.update(
-            DYN_SYSTEM_HOST=self._host(role),
-            DYN_SYSTEM_PORT=str(self._system_ports[role]),
-            DYN_HEALTH_CHECK_ENABLED="true",
-        )
-        if self.worker_drain_s is not None:
-            env[DRAIN_ENV] = f"{self.worker_drain_s:g}"
-        env.update(self.worker_env)
-        return ProcessSpec(role, self._prefix(role) + argv, env=env, health_url=self.health_url(role),
-                           startup_timeout_s=self.startup_timeout_s)
+
+    def _worker_engine_env(self, role: str) -> dict[str, str]:
+        return engine_env(self.device, core_list(self.worker_roles().index(role)), self.kv_cache_gib)
