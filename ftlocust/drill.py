@@ -151,9 +151,7 @@ class Drill:
             t = self.scenario.target
             log.info("starting the %s deployment (%d workers, migration limit %d)", t.kind, t.workers, t.migration_limit)
             if self.scenario.deployment is not None:
-                row = self.scenario.deployment
-                log.info("deployment %s runs on the %s target (%s)", row["name"], row["target"],
-                         "real engine" if row["real_engine"] else "an imitation of its engine: no real-engine evidence")
+                log.info("%s", self.describe_deployment())
         try:
             deployment.start()
         except BaseException:
@@ -162,6 +160,12 @@ class Drill:
         if deployment.started_here:
             log.info("%s deployment ready at %s in %.2f s", self.scenario.target.kind, deployment.base_url,
                      deployment.startup_s)
+
+    def describe_deployment(self) -> str:
+        """Where the scenario's `deployment:` row runs, and whether its engine is real."""
+        row = self.scenario.deployment
+        return (f"deployment {row['name']} runs on the {row['target']} target: "
+                + ("the real engine" if row["real_engine"] else "an imitation of its engine (no real-engine evidence)"))
 
     def describe(self) -> str:
         """What a dry run prints: the target and every fault, resolved as far as possible."""
@@ -173,6 +177,8 @@ class Drill:
         else:
             where = f"embedded {t.kind} deployment ({t.workers} workers, migration limit {t.migration_limit})"
         lines = [f"scenario {self.scenario.name}: target {where}"]
+        if self.scenario.deployment is not None:
+            lines.append("  " + self.describe_deployment())
         cutter = self.deployment.partitioner if self.deployment is not None else None
         if cutter is not None:
             lines += ["  " + line for line in cutter.describe().splitlines()]
