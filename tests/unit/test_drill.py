@@ -108,6 +108,17 @@ def test_dry_run_describes_without_side_effects(tmp_path):
     assert not (tmp_path / "a" / "requests.jsonl").exists()
 
 
+def test_dry_run_says_where_a_deployment_row_runs_and_whether_its_engine_is_real(tmp_path):
+    row = {"name": "vllm-agg-tp-1-dp-2", "backend": "vllm", "mode": "agg", "tp": 1, "dp": 2,
+           "target": "reference", "real_engine": False}
+    scenario = Scenario(name="t", target=TargetSpec(kind="external"), deployment=row,
+                        faults=[FaultSpec(kind=RecordingFault.kind, target="x", trigger=TriggerSpec(after_seconds=3), name="rec")])
+    drill = Drill(scenario, DrillOptions(artifacts_dir=str(tmp_path / "a"), host="http://127.0.0.1:9", dry_run=True))
+    drill.setup()
+    assert ("deployment vllm-agg-tp-1-dp-2 runs on the reference target: an imitation of its engine "
+            "(no real-engine evidence)") in drill.describe()
+
+
 class BrokenFault(RecordingFault):
     kind = "test-broken"
     fail_inject = False
