@@ -487,8 +487,10 @@ class K8sDeployment:
                 restarts = (status.restart_count or 0) - (1 if ended is status.last_state else 0)
                 key = (pod.metadata.uid, status.name, restarts)
                 finished = terminated.finished_at
+                # Kubernetes times are whole seconds (RFC 3339, truncated): an end in the second
+                # the run began counts as the run's
                 before_run = finished is not None and self._watching_since is not None \
-                    and finished.timestamp() < self._watching_since
+                    and finished.timestamp() < int(self._watching_since)
                 if key not in self._exits and not before_run:  # an end before the run is not a finding
                     self._exits[key] = container_exit(role, pod.metadata.name, status.name, terminated)
 

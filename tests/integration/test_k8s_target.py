@@ -524,3 +524,25 @@ def test_exits_are_the_containers_ends_the_kubelet_reports_during_the_run(tmp_pa
                 proc.kill()
             proc.wait(timeout=10)
         server.stop()
+
+
+def test_an_exit_in_the_second_the_run_began_is_the_runs(tmp_path, fake):
+    """Kubernetes times are whole seconds: a container that ended 0.7 s after the run began
+    reads as the run's own second, and must not be taken for history."""
+    import datetime
+
+    from kubernetes.client import (V1ContainerState, V1ContainerStateTerminated, V1ContainerStatus, V1ObjectMeta,
+                                   V1Pod, V1PodStatus)
+
+    def pod(uid: str, finished_s: int) -> V1Pod:
+        ended = V1ContainerStateTerminated(exit_code=137, reason="Error", finished_at=datetime.datetime.fromtimestamp(
+            finished_s, datetime.timezone.utc))
+        status = V1ContainerStatus(name="main", image="x", image_id="", ready=False, restart_count=0,
+                                   state=V1ContainerState(terminated=ended))
+        return V1Pod(metadata=V1ObjectMeta(name=f"p-{uid}", uid=uid), status=V1PodStatus(container_statuses=[status]))
+
+    d = _build(tmp_path, fake)
+    d._watching_since = 1_000.7  # what start() sets: its wall clock
+    d._note_exits("worker", pod("same-second", 1_000))
+    d._note_exits("worker", pod("second-before", 999))
+    assert [e["pod"] for e in d.exits()] == ["p-same-second"]
