@@ -40,7 +40,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ftlocust.dynamo_env import env_python, require_env
 from ftlocust.errors import ConfigError
@@ -99,7 +99,7 @@ def free_system_ports(count: int, avoid: Iterable[int] = (), attempts: int = 500
     raise ConfigError(f"found only {len(chosen)} of {count} free ports in {SYSTEM_PORT_RANGE} after {attempts} tries")
 
 
-def _http(method: str, url_base: tuple[str, int], path: str, body: Any = None, timeout_s: float = 5.0) -> tuple[int, bytes]:
+def http_exchange(method: str, url_base: tuple[str, int], path: str, body: Any = None, timeout_s: float = 5.0) -> tuple[int, bytes]:
     """One small HTTP exchange with a server of the deployment; (status, body). Raises OSError."""
     host, port = url_base
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
@@ -113,7 +113,34 @@ def _http(method: str, url_base: tuple[str, int], path: str, body: Any = None, t
         conn.close()
 
 
-def _strings(value: Any, field: str) -> tuple[str, ...]:
+def wait_served(address: tuple[str, int], model: str, deadline: float, raise_if_dead: Callable[[], None],
+                failure: str, completion_timeout_s: float = 10.0, poll_s: float = 0.1) -> None:
+    """Until `model` is listed in /v1/models at `address` and one completion is answered: an
+    OpenAI-compatible server's readiness (its /health can say 200 before it serves).
+    `raise_if_dead()` raises when a process it needs is gone; past `deadline`, ConfigError
+    `failure: <what was seen last>`."""
+    last = "no answer yet"
+    while True:
+        raise_if_dead()
+        try:
+            status, body = http_exchange("GET", address, "/v1/models", timeout_s=3)
+            if status == 200 and any(m.get("id") == model for m in json.loads(body).get("data", [])):
+                request = {"model": model, "prompt": "ready", "max_tokens": 1}
+                status, body = http_exchange("POST", address, "/v1/completions", request, timeout_s=completion_timeout_s)
+                if status == 200 and json.loads(body).get("choices"):
+                    return
+                last = f"completion answered {status}: {body[:200]!r}"
+            else:
+                last = f"model {model!r} not in /v1/models yet ({status})"
+        except (OSError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{failure}: {last}")
+        time.sleep(poll_s)
+
+
+def arg_list(value: Any, field: str) -> tuple[str, ...]:
+    """Extra command-line arguments: a list of strings (not one string, which would be split)."""
     if isinstance(value, str) or not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{field}: expected a list of strings, got {value!r}")
     return tuple(value)
@@ -198,8 +225,8 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
             raise ConfigError(f"startup_timeout_s: expected a number > 0, got {startup_timeout_s!r}")
         if network not in NETWORKS:
             raise ConfigError(f"network: expected {' or '.join(NETWORKS)}, got {network!r}")
-        self.extra_frontend_args = _strings(extra_frontend_args, "extra_frontend_args")
-        self.extra_worker_args = _strings(extra_worker_args, "extra_worker_args")
+        self.extra_frontend_args = arg_list(extra_frontend_args, "extra_frontend_args")
+        self.extra_worker_args = arg_list(extra_worker_args, "extra_worker_args")
         self.env_path = self._require_env(env_path)
         self.python = str(env_python(self.env_path))
         self.run_dir = Path(run_dir).resolve()
@@ -450,7 +477,7 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
     def generate_instances(self) -> list[int]:
         """Instance ids of the workers the frontend currently lists for generation (its /health).
         A SIGKILLed worker stays listed until its discovery entry expires (~10 s)."""
-        status, body = _http("GET", (self._host(FRONTEND_ROLE), self.port), "/health", timeout_s=3)
+        status, body = http_exchange("GET", (self._host(FRONTEND_ROLE), self.port), "/health", timeout_s=3)
         if status != 200:
             return []
         instances = json.loads(body).get("instances") or []
@@ -462,7 +489,7 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
         if role not in self._system_ports:
             raise ConfigError(f"role: expected a worker role ({', '.join(self.worker_roles())}), got {role!r}")
         try:
-            status, body = _http("GET", (self._host(role), self._system_ports[role]), "/metrics", timeout_s=3)
+            status, body = http_exchange("GET", (self._host(role), self._system_ports[role]), "/metrics", timeout_s=3)
         except OSError:
             return None
         found = re.search(r'dynamo_endpoint="generate"[^}]*worker_id="([0-9a-f]+)"', body.decode(errors="replace"))
@@ -485,27 +512,8 @@ class DynamoDeployment(NamespacedRoles, GroupProcesses):
             time.sleep(0.1)
 
     def _wait_served(self, deadline: float) -> None:
-        """Model listed in /v1/models and one completion answered."""
-        last = "no answer yet"
-        while True:
-            self._raise_if_dead()
-            try:
-                status, body = _http("GET", (self._host(FRONTEND_ROLE), self.port), "/v1/models", timeout_s=3)
-                listed = status == 200 and any(m.get("id") == self.model for m in json.loads(body).get("data", []))
-                if listed:
-                    request = {"model": self.model, "prompt": "ready", "max_tokens": 1}
-                    status, body = _http("POST", (self._host(FRONTEND_ROLE), self.port), "/v1/completions", request,
-                                         timeout_s=10)
-                    if status == 200 and json.loads(body).get("choices"):
-                        return
-                    last = f"completion answered {status}: {body[:200]!r}"
-                else:
-                    last = f"model {self.model!r} not in /v1/models yet"
-            except (OSError, ValueError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() > deadline:
-                raise ConfigError(f"Dynamo did not serve {self.model!r} within {self.startup_timeout_s:g} s: {last}")
-            time.sleep(0.1)
+        wait_served((self._host(FRONTEND_ROLE), self.port), self.model, deadline, self._raise_if_dead,
+                    f"Dynamo did not serve {self.model!r} within {self.startup_timeout_s:g} s")
 
     def _raise_if_dead(self) -> None:
         for role in (BROKER_ROLE, FRONTEND_ROLE):

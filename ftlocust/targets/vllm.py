@@ -20,7 +20,6 @@ a GPU machine runs the same target with `device: cuda`).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Iterable
 from ftlocust import vllm_env
 from ftlocust.errors import ConfigError
 from ftlocust.processes import descendants_named
-from ftlocust.targets.dynamo import _http, _strings, free_loopback_ports
+from ftlocust.targets.dynamo import arg_list, free_loopback_ports, http_exchange, wait_served
 from ftlocust.targets.local import GroupProcesses, ProcessGroup, ProcessSpec, last_line
 
 WORKER_ROLE = "worker-1"
@@ -133,7 +132,7 @@ class VllmDeployment(GroupProcesses):
             raise ConfigError(f"model_path: {self.model_path} has no config.json (a model folder was expected)")
         self.kv_cache_gib = check_positive(kv_cache_gib, "kv_cache_gib")
         self.startup_timeout_s = check_positive(startup_timeout_s, "startup_timeout_s")
-        self.extra_args = _strings(extra_args, "extra_args")
+        self.extra_args = arg_list(extra_args, "extra_args")
         self.model = model
         self.requested_port = port
         self.port: int | None = None
@@ -216,32 +215,18 @@ class VllmDeployment(GroupProcesses):
         if not self.group.alive(role) or pid is None or not descendants_named(pid, ENGINE_CORE):
             return False
         try:
-            status, _ = _http("GET", ("127.0.0.1", self.port), "/health", timeout_s=3)
+            status, _ = http_exchange("GET", ("127.0.0.1", self.port), "/health", timeout_s=3)
         except OSError:
             return False
         return status == 200
 
     def _wait_served(self, deadline: float) -> None:
-        """The model listed in /v1/models and one completion answered."""
-        last = "no answer yet"
-        while True:
-            if not self.group.alive(WORKER_ROLE):
-                log = self.log_path(WORKER_ROLE)
-                raise ConfigError(f"vllm serve exited with code {self.group.returncode(WORKER_ROLE)} while starting "
-                                  f"(log: {log}): {last_line(log) or 'no output'}")
-            try:
-                status, body = _http("GET", ("127.0.0.1", self.port), "/v1/models", timeout_s=3)
-                if status == 200 and any(m.get("id") == self.model for m in json.loads(body).get("data", [])):
-                    request = {"model": self.model, "prompt": "ready", "max_tokens": 1}
-                    status, body = _http("POST", ("127.0.0.1", self.port), "/v1/completions", request, timeout_s=30)
-                    if status == 200 and json.loads(body).get("choices"):
-                        return
-                    last = f"completion answered {status}: {body[:200]!r}"
-                else:
-                    last = f"model {self.model!r} not in /v1/models yet ({status})"
-            except (OSError, ValueError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() > deadline:
-                raise ConfigError(f"vLLM did not serve {self.model!r} within {self.startup_timeout_s:g} s: {last} "
-                                  f"(log: {self.log_path(WORKER_ROLE)})")
-            time.sleep(0.25)
+        wait_served(("127.0.0.1", self.port), self.model, deadline, self._raise_if_dead,
+                    f"vLLM did not serve {self.model!r} within {self.startup_timeout_s:g} s "
+                    f"(log: {self.log_path(WORKER_ROLE)})", completion_timeout_s=30, poll_s=0.25)
+
+    def _raise_if_dead(self) -> None:
+        if not self.group.alive(WORKER_ROLE):
+            log = self.log_path(WORKER_ROLE)
+            raise ConfigError(f"vllm serve exited with code {self.group.returncode(WORKER_ROLE)} while starting "
+                              f"(log: {log}): {last_line(log) or 'no output'}")
