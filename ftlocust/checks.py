@@ -764,6 +764,17 @@ def _min_failures(p: dict, result: RunResult) -> tuple[bool, str]:
     return s["failed"] >= p["n"], detail
 
 
+_LOGGED_ID = re.compile(r'request_id="?([0-9A-Za-z][\w-]*)')
+
+
+def _ids_logged(paths: Iterable[str], line_text: str) -> set[frozenset[str]]:
+    """The `request_id=` values of each distinct line of `paths` (and their previous logs) that
+    contains `line_text`, one set per line: Dynamo's frontend puts its HTTP span's id beside the
+    one its workers log."""
+    return {frozenset(_LOGGED_ID.findall(line)) for path in paths for f in log_files(path)
+            for line in scan_log(f, line_text)} - {frozenset()}
+
+
 @register_check(
     "cancellations_counted",
     [
@@ -773,6 +784,11 @@ def _min_failures(p: dict, result: RunResult) -> tuple[bool, str]:
         Field("request_type", "str", default=None, choices=("stream", "unary")),
         Field("allow_unknown_metric", "bool", default=False),
         Field("within_s", "number", default=DEFAULT_WITHIN_S, min=0),
+        # Count only the cancels that reached `roles`: the ids `cancelled_in`'s log names on its
+        # `cancelled_line`s that also appear on a `received_line` of one of `roles`.
+        Field("received_line", "str", default=None),
+        Field("cancelled_in", "str", default="frontend"),
+        Field("cancelled_line", "str", default="route request cancelled"),
     ],
     label=lambda p: f"cancellations_counted[{p['roles']}] {p['name']}{_labels_text(p['labels'])}",
 )
@@ -781,13 +797,34 @@ def _cancellations_counted(p: dict, result: RunResult) -> tuple[bool, str]:
     increase, summed over the matching roles, equals the number of `cancelled` records (of the
     given request_type: stream or unary). No cancelled request is an empty set. While the count
     is short and `result.scrape` is set, re-scrape (as `metric_increased` does): a worker hears
-    of the last cancel one hop after the frontend, possibly after the run's final scrape."""
+    of the last cancel one hop after the frontend, possibly after the run's final scrape.
+
+    With `received_line`, the roles owe a count only for the cancels that reached them: a
+    client that hangs up while the frontend is still handing the request over leaves a worker
+    nothing to cancel. Which ones reached them is read from the logs (the frontend names every
+    cancelled request, a worker every request it received); the frontend must name at least as
+    many as the clients cancelled, so a log without those lines cannot excuse a missing count."""
     roles = sorted(r for r in result.metrics_after if fnmatch.fnmatchcase(r, p["roles"]))
     if not roles:
         return False, f"no /metrics snapshot for roles '{p['roles']}' (have: {', '.join(sorted(result.metrics_after)) or 'none'})"
     labels = p["labels"] or {}
     wanted = {"stream": True, "unary": False}.get(p["request_type"] or "")
     cancelled = sum(1 for r in result.records if r.outcome == CANCELLED and (wanted is None or r.stream == wanted))
+    if p["received_line"] and p["cancelled_in"] not in result.log_paths:
+        return False, f"no log for role '{p['cancelled_in']}' (cancelled_in; have: {', '.join(sorted(result.log_paths)) or 'none'})"
+
+    def owed() -> tuple[int, str, bool]:
+        """How many cancels the roles must count, how that number was reached, and whether the
+        cancelling role's log names every client cancel."""
+        if not p["received_line"]:
+            return cancelled, f"clients cancelled {cancelled}", True
+        named = _ids_logged([result.log_paths[p["cancelled_in"]]], p["cancelled_line"])
+        received = set().union(*_ids_logged([result.log_paths[r] for r in roles if r in result.log_paths],
+                                            p["received_line"]))
+        reached = [ids for ids in named if ids & received]
+        how = (f"clients cancelled {cancelled}, {p['cancelled_in']} logged {len(named)} '{p['cancelled_line']}', "
+               f"{len(reached)} of them '{p['received_line']}' by {', '.join(roles)}")
+        return len(reached), how, len(named) >= cancelled
 
     def counted() -> float | str:
         change = 0.0
@@ -798,29 +835,37 @@ def _cancellations_counted(p: dict, result: RunResult) -> tuple[bool, str]:
             change += after.value(p["name"], **labels) - (before.value(p["name"], **labels) if before else 0.0)
         return change
 
-    change = counted()
+    def settled(change: float | str, expected: int) -> bool:
+        # A counter only grows: more than owed is final, unless what is owed is read from logs
+        # that may still be catching up.
+        if not isinstance(change, float):
+            return True
+        return change > expected - 0.5 and (change < expected + 0.5 or not p["received_line"])
+
+    change, (expected, how, all_named) = counted(), owed()
     waited = 0.0
-    if isinstance(change, float) and change < cancelled - 0.5 and result.scrape is not None:
+    if not settled(change, expected) and result.scrape is not None:
         budget = _wait_for(result, p["within_s"])
         started = time.monotonic()
-        while (isinstance(change, float) and change < cancelled - 0.5
-               and time.monotonic() - started + _POLL_METRICS_S <= budget + _EPS):
+        while not settled(change, expected) and time.monotonic() - started + _POLL_METRICS_S <= budget + _EPS:
             time.sleep(_POLL_METRICS_S)
             fresh = result.scrape() or {}
             for role in roles:
                 if fresh.get(role) is not None and not fresh[role].error:
                     result.metrics_after[role] = fresh[role]
-            change = counted()
+            change, (expected, how, all_named) = counted(), owed()
         waited = time.monotonic() - started
     if isinstance(change, str):
         return False, change
     late = f", re-scraped for {waited:.1f}s" if waited else ""
-    detail = f"clients cancelled {cancelled}, server counted {_fmt(change)} ({', '.join(roles)}){late}"
+    detail = f"{how}, server counted {_fmt(change)} ({', '.join(roles)}){late}"
     if cancelled == 0:
         empty = _empty(p, detail)
         if empty:
             return empty
-    return abs(change - cancelled) < 0.5, detail
+    if not all_named:
+        return False, f"{detail}: {p['cancelled_in']}'s log names fewer cancelled requests than the clients cancelled"
+    return abs(change - expected) < 0.5, detail
 
 
 @register_check(

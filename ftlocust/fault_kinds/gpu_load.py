@@ -234,7 +234,8 @@ class GpuLoadFault(Fault):
         if self._lifted or self.helper is None:
             return None
         pid = self.helper.pid
-        self._stop_helper()
+        if not self._stop_helper():
+            raise RuntimeError(f"the GPU helper of {self.name} (pid {pid}) is still running after SIGTERM and SIGKILL")
         what = f"ended the GPU helper of {self.name} (pid {pid})"
         if self.event is not None:
             lifted, now = self._wait_lifted()
@@ -273,25 +274,33 @@ class GpuLoadFault(Fault):
     def _lifted_text(self, now: GpuSample) -> str:
         return f"GPU {self.index} no longer loaded"
 
-    def _stop_helper(self) -> None:
-        """SIGTERM by identity, bounded wait, SIGKILL if it did not go; the pipes closed."""
+    def _stop_helper(self) -> bool:
+        """SIGTERM, bounded wait, SIGKILL if it did not go; the pipes closed. False when the
+        helper is still running after both (the rollback must say so, not claim it ended).
+
+        Signalled through its Popen, not by identity: a child we have not reaped keeps its pid,
+        so nothing else can be behind it."""
         proc = self._proc
+        stopped = True
         if proc is not None and proc.poll() is None:
             for sig, wait_s in ((signal.SIGTERM, EXIT_TIMEOUT_S), (signal.SIGKILL, 5.0)):
                 try:
-                    self.helper.signal(sig) if self.helper is not None else proc.send_signal(sig)
+                    proc.send_signal(sig)
                 except ProcessLookupError:
-                    pass  # gone (reaped by nobody yet, or not the same process any more)
+                    pass
                 try:
                     proc.wait(timeout=wait_s)
                     break
                 except subprocess.TimeoutExpired:
                     log.warning("GPU helper pid %d did not exit %.0f s after %s", proc.pid, wait_s, sig.name)
+            stopped = proc.poll() is not None
         for fd in (self._go_fd, self._out_fd):
             if fd is not None:
                 os.close(fd)
         self._go_fd = self._out_fd = None
-        self._proc = None
+        if stopped:
+            self._proc = None
+        return stopped
 
     def _close_nvml(self) -> None:
         if self._nvml is not None:

@@ -29,3 +29,15 @@ def test_cancellation_drill_counts_every_cancel_on_both_sides(tmp_path):
     counted = [c for name, c in verdicts.items() if name.startswith("cancellations_counted")]
     assert len(counted) == 3 and all(c["passed"] for c in counted), counted
     assert "clients cancelled 10, server counted 10" in " ".join(c["detail"] for c in counted)
+    # The workers' count against their own logs: every cancel that reached a worker (named by the
+    # frontend, received by a worker) has a "request cancellation received" line, and the verdict
+    # counted exactly those.
+    logs = {role: (art / "services" / role / f"{role}.log").read_text() for role in ("frontend", "worker-1", "worker-2")}
+    cancelled = {line.split("request_id=")[1].split()[0] for line in logs["frontend"].splitlines()
+                 if "route request cancelled" in line}
+    received = {line.split("request_id=")[1].split()[0] for role in ("worker-1", "worker-2")
+                for line in logs[role].splitlines() if "request received" in line}
+    heard = sum(logs[role].count("request cancellation received") for role in ("worker-1", "worker-2"))
+    assert len(cancelled) == 20 and heard == len(cancelled & received)
+    (workers,) = [c for name, c in verdicts.items() if name.startswith("cancellations_counted[worker-*]")]
+    assert f"{heard} of them 'request received'" in workers["detail"] and f"server counted {heard} " in workers["detail"]

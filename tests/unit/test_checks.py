@@ -694,3 +694,44 @@ def test_evaluate_gives_builtin_verdicts_first_and_they_fail_the_run():
     verdicts = evaluate(build_checks(["no_truncated_streams"]), r)
     assert [v.name for v in verdicts] == ["every fault injected", "no load generator lost", "no_truncated_streams"]
     assert verdicts[-1].passed and not all_passed(verdicts)
+
+
+def test_cancellations_counted_with_received_line_owes_only_the_cancels_that_reached_the_roles(tmp_path):
+    from ftlocust.checks import RunResult, build_checks, evaluate
+    from ftlocust.evidence import MetricsSnapshot
+    from ftlocust.records import CANCELLED, RequestRecord
+
+    def snap(n):
+        return MetricsSnapshot(f'# TYPE dynamo_component_cancellation_total counter\n'
+                               f'dynamo_component_cancellation_total{{dynamo_endpoint="generate"}} {n}\n')
+
+    def log(name, lines):
+        path = tmp_path / f"{name}.log"
+        path.write_text("".join(line + "\n" for line in lines))
+        return str(path)
+
+    ids = ["a1", "b2", "c3"]
+    # the frontend names all three (beside its own span id); only a1 and b2 reached a worker
+    frontend = log("frontend", [f'route request cancelled request_id=span-{i} request_id="{i}"' for i in ids])
+    worker1 = log("worker-1", ["request received request_id=a1", "request cancellation received request_id=a1"])
+    worker2 = log("worker-2", ['request received request_id="b2"'])
+    records = [RequestRecord(kind="chat-stream", endpoint="/v1/chat/completions", stream=True, outcome=CANCELLED)
+               for _ in ids]
+    (check,) = build_checks([{"check": "cancellations_counted", "roles": "worker-*", "within_s": 0,
+                              "name": "dynamo_component_cancellation_total", "received_line": "request received"}])
+
+    def verdict(after, frontend_log=frontend):
+        result = RunResult(records=records, metrics_before={"worker-1": snap(0), "worker-2": snap(0)},
+                           metrics_after={"worker-1": snap(after[0]), "worker-2": snap(after[1])},
+                           log_paths={"frontend": frontend_log, "worker-1": worker1, "worker-2": worker2})
+        return evaluate([check], result, builtin=False)[0]
+
+    v = verdict((1, 1))
+    assert v.passed, v.detail
+    assert "clients cancelled 3, frontend logged 3 'route request cancelled', 2 of them 'request received'" in v.detail
+    assert not verdict((1, 0)).passed  # b2 reached worker-2, which never counted it
+    assert not verdict((2, 1)).passed  # more than reached them
+    # a frontend log without the lines cannot excuse a count of nothing
+    silent = log("silent", ["nothing here"])
+    v = verdict((0, 0), frontend_log=silent)
+    assert not v.passed and "names fewer cancelled requests than the clients cancelled" in v.detail
