@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections import Counter
@@ -30,7 +29,7 @@ import pytest
 
 from ftlocust.dynamo_env import env_python
 from tests.support.drill_run import ROOT, Drill
-from tests.support.dynamo import ENV_PATH, dynamo_marks
+from tests.support.dynamo import ENV_PATH, completed_line, dynamo_marks, log_field, routed_ids
 from tests.support.netns import needs_netns
 
 pytestmark = dynamo_marks(timeout_s=300)
@@ -39,27 +38,6 @@ PROBE_TOKENS = 600  # the scenarios' probe.max_tokens
 
 
 # ----- Dynamo's side: log lines keyed by the client's request id --------------------------------
-
-def _field(line: str, name: str) -> str | None:
-    found = re.search(rf'\b{re.escape(name)}="?([^"\s]+)"?', line)
-    return found.group(1) if found else None
-
-
-def _routed_ids(lines: list[str], outcome: str) -> list[str]:
-    """The client-visible request ids (cmpl-<uuid>, the second request_id of the router span)
-    of the frontend's `route request ... request.outcome="<outcome>"` lines."""
-    ids = []
-    for line in lines:
-        if "request_span: route request" in line and f'request.outcome="{outcome}"' in line:
-            ids.append(re.findall(r'request_id=([0-9a-f-]{36})', line)[-1])
-    return ids
-
-
-def _completed_line(lines: list[str], request_id: str) -> str:
-    """The frontend's `dynamo_llm::http::service::metrics: request completed` line of a request."""
-    (line,) = [l for l in lines if f"request completed request_id={request_id}" in l]
-    return line
-
 
 def _log_time(line: str) -> float:
     """Epoch seconds of a Dynamo log line (`2026-11-25T21:24:22.407858Z ...`)."""
@@ -129,11 +107,11 @@ def test_migration_sigkill_passes_and_every_stream_dynamo_migrated_completes(tmp
     records = drill.records()
     assert records and all(r.outcome == "ok" for r in records)
     frontend = drill.log_lines("frontend")
-    disconnected = _routed_ids(frontend, "worker_disconnected")
+    disconnected = routed_ids(frontend, "worker_disconnected")
     probe = drill.probe()
     assert probe.request_id in disconnected, "the probe stream was not on the killed worker"
     by_id = {r.request_id: r for r in records}
-    migrated_ok = set(_routed_ids(frontend, "success")) & set(disconnected)
+    migrated_ok = set(routed_ids(frontend, "success")) & set(disconnected)
     # Dynamo: each stream cut by the kill was retried and completed; the client: each got every token.
     assert migrated_ok == set(disconnected)
     for rid in disconnected:
@@ -146,9 +124,9 @@ def test_migration_sigkill_passes_and_every_stream_dynamo_migrated_completes(tmp
     # (Dynamo re-sends them as prompt): reported as Dynamo logged it, and still an ok request.
     (retried,) = [l for l in frontend if "route request completed" in l and probe.request_id in l
                   and "migration.is_retry=true" in l]
-    done_before_kill = int(_field(retried, "migration.tokens_completed"))
+    done_before_kill = int(log_field(retried, "migration.tokens_completed"))
     assert done_before_kill > 0
-    assert probe.usage_prompt_tokens == int(_field(_completed_line(frontend, probe.request_id), "input_tokens"))
+    assert probe.usage_prompt_tokens == int(log_field(completed_line(frontend, probe.request_id), "input_tokens"))
     assert probe.usage_prompt_tokens == _prompt_tokens(drill.art, probe) + done_before_kill
 
     # The frontend logged ERROR lines, all of them the benign migration ones the "no ERROR" check ignores.
@@ -169,7 +147,7 @@ def test_migration_off_fails_with_the_failures_dynamo_reports(tmp_path):
 
     records = drill.records()
     frontend = drill.log_lines("frontend")
-    disconnected = set(_routed_ids(frontend, "worker_disconnected"))
+    disconnected = set(routed_ids(frontend, "worker_disconnected"))
     errored = {r.request_id: r for r in records if r.outcome == "stream_error_event"}
     # Exactly the streams Dynamo saw disconnected ended with an in-band 503 inside their HTTP 200.
     assert set(errored) == disconnected and drill.probe().request_id in disconnected
@@ -237,7 +215,7 @@ def test_cancellation_counts_every_client_cancel_on_the_frontend(tmp_path):
     cancelled_at_workers = sum(drill.metric_delta(role, "dynamo_component_cancellation_total", dynamo_endpoint="generate")
                                for role in ("worker-1", "worker-2"))
     # A worker may log one cancel twice (signal "stop", then "kill"): count requests, not lines.
-    received = {_field(l, "request_id") for lines in drill.worker_log_lines().values() for l in lines
+    received = {log_field(l, "request_id") for lines in drill.worker_log_lines().values() for l in lines
                 if "request cancellation received" in l}
     # Every logged cancel is counted; the counter can be ahead of the log (CI once saw 12 counted,
     # 10 logged on a starved 2-core box; which cancels go unlogged was not found out).
@@ -261,7 +239,7 @@ def test_migration_sigterm_drains_the_stream_on_the_dying_worker(tmp_path):
     # The SIGTERMed worker itself finished the probe stream (no migration): not inflated usage.
     assert any(f"request completed request_id={probe.request_id}" in l for l in worker_log)
     assert any("All inflight requests completed" in l for l in worker_log)
-    assert not _routed_ids(drill.log_lines("frontend"), "worker_disconnected")
+    assert not routed_ids(drill.log_lines("frontend"), "worker_disconnected")
     assert probe.usage_prompt_tokens == _prompt_tokens(drill.art, probe)
     drill.assert_torn_down()
 
@@ -278,11 +256,11 @@ def test_migration_sigterm_short_drain_reports_the_in_band_500(tmp_path):
     # The failure is reported: in the phases and the results table.
     assert drill.summary["phases"]["spanning"]["failed"] >= 1
     frontend = drill.log_lines("frontend")
-    completed = _completed_line(frontend, probe.request_id)
+    completed = completed_line(frontend, probe.request_id)
     assert "status=error" in completed and "error_type=internal" in completed
     assert drill.metric_delta("frontend", "dynamo_frontend_failures_total", **{"class": "Internal"}) == len(failed)
     # Dynamo did not migrate it although migration is on.
-    assert probe.request_id not in _routed_ids(frontend, "worker_disconnected")
+    assert probe.request_id not in routed_ids(frontend, "worker_disconnected")
     assert drill.metric_delta("frontend", "dynamo_frontend_model_migration_total", migration_type="ongoing_request") == 0
     drill.assert_torn_down()
 

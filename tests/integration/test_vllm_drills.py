@@ -13,8 +13,10 @@ Dynamo do is in shared/reference/vllm-cpu.md.
 
 from __future__ import annotations
 
+import warnings
 
 from tests.support.drill_run import Drill, start_ticks
+from tests.support.dynamo import completed_line, log_field, routed_ids
 from tests.support.vllm import vllm_marks
 
 LIMIT_S = 420  # a drill is 1.5-2.5 min here (vLLM starts in 20-90 s on 2 cores); this bounds a hang
@@ -79,9 +81,49 @@ def _worker_exits(drill: Drill) -> dict[str, dict]:
     return {e["role"]: e for e in drill.summary["exits"]}
 
 
+def _short_streams_dynamo_called_a_success(drill: Drill) -> list:
+    """The failed streams that Dynamo itself migrated off the dead worker and then logged as a
+    success with fewer tokens than were asked: its frontend's own `request completed ...
+    status=success output_tokens=N`, N being what the client got.
+
+    Seen once in 8 runs of this drill (Dynamo 1.6.1, vLLM 0.31 on CPU): two migrated streams
+    ended with `finish_reason: "stop"` after 17 of 50 tokens although `ignore_eos` was sent."""
+    frontend = drill.log_lines("frontend")
+    migrated = set(routed_ids(frontend, "worker_disconnected"))
+    short = []
+    for r in drill.records():
+        if r.outcome == "ok" or r.request_id not in migrated or r.expected_tokens is None:
+            continue
+        done = completed_line(frontend, r.request_id)
+        if log_field(done, "status") == "success" and int(log_field(done, "output_tokens")) == r.output_tokens \
+                and r.output_tokens < r.expected_tokens:
+            short.append(r)
+    return short
+
+
+def _assert_the_drill_caught_dynamos_short_migrated_streams(drill: Drill, short: list) -> None:
+    """The drill must fail, on exactly the streams Dynamo cut short, and for nothing else."""
+    assert drill.returncode == 3, drill.tail()
+    failed = [r for r in drill.records() if r.outcome != "ok"]
+    assert {r.request_id for r in failed} == {r.request_id for r in short}, [(r.request_id, r.outcome) for r in failed]
+    assert {r.outcome for r in failed} == {"truncated"}, failed
+    verdicts_failed = {name for name, passed in drill.verdicts().items() if not passed}
+    assert verdicts_failed and verdicts_failed <= {"no_failures[all]", "streams_complete_after_fault"}, verdicts_failed
+    # Dynamo's and the engines' own lines for those streams, for the upstream report
+    ids = {r.request_id for r in short}
+    lines = [f"{role}: {line[:300]}" for role, log in [("frontend", drill.log_lines("frontend")),
+                                                       *drill.worker_log_lines().items()]
+             for line in log if any(i in line for i in ids)]
+    warnings.warn("Dynamo migrated these streams, then ended them short and logged a success:\n" + "\n".join(lines))
+    drill.assert_torn_down()
+
+
 @needs_env("dynamo-vllm")
 def test_dynamo_vllm_engine_core_kill_migrates_every_stream_to_the_other_worker(tmp_path):
     drill = Drill("migration.py", "engine-core.yaml", tmp_path / "run", configs="dynamo-vllm", limit_s=LIMIT_S)
+    if drill.returncode != 0 and (short := _short_streams_dynamo_called_a_success(drill)):
+        # Dynamo's own failure, not ftlocust's: the verdict must match what Dynamo did.
+        return _assert_the_drill_caught_dynamos_short_migrated_streams(drill, short)
     assert drill.returncode == 0, drill.tail()
     assert all(drill.verdicts().values()), drill.verdicts()
     detail = _engine_core_detail(drill)
