@@ -52,23 +52,30 @@ def served(server: StreamServer, tag: str, timeout_s: float = 3.0) -> dict:
         time.sleep(0.02)
 
 
-PREFILL_S = 0.06  # the before-first-token timer in these tests (see the leak test for why not 20 ms)
+PREFILL_S = 0.2  # the before-first-token timer in these tests: a busy CI machine's server must have logged
+# the request by then, or its disconnect matches nothing (the default 20 ms is too short for that)
+
+
+# headers at once, the first token 1 s later: a cancel before this timer was at the headers, even
+# on a busy machine where the headers take far longer than PREFILL_S to come
+HEADERS_CASE_PREFILL_S = 0.8
 
 
 @pytest.mark.parametrize("kind, policy, knobs, tokens_seen, cancel_after_s", [
-    # headers arrive at once, the first token after 0.3 s: cancelled at the headers (prefill)
-    ("chat-stream", "before-first-token", {"x_first_delay": 0.3}, (0, 0), (0.0, 0.25)),
+    # headers arrive at once, the first token after 1 s: cancelled at the headers (prefill)
+    ("chat-stream", "before-first-token", {"x_first_delay": 1.0}, (0, 0), (0.0, HEADERS_CASE_PREFILL_S)),
     # a server that holds its headers back until the first token: the prefill timer cancels
-    ("completion-stream", "before-first-token", {"x_first_delay": 0.3, "x_headers_late": True}, (0, 0),
-     (PREFILL_S, PREFILL_S + 0.25)),
+    ("completion-stream", "before-first-token", {"x_first_delay": 0.8, "x_headers_late": True}, (0, 0),
+     (PREFILL_S, PREFILL_S + 0.4)),
     # non-stream: cancelled while waiting for the body
-    ("chat", "before-first-token", {"x_first_delay": 0.3}, (0, 0), (PREFILL_S, PREFILL_S + 0.25)),
+    ("chat", "before-first-token", {"x_first_delay": 0.8}, (0, 0), (PREFILL_S, PREFILL_S + 0.4)),
     ("completion-stream", "after-chunks:3", {"x_token_delay": 0.03}, (3, 3), (0.06, 0.4)),
     ("chat-stream", "after-ms:150", {"x_token_delay": 0.03}, (1, 7), (0.15, 0.4)),
     ("completion", "after-ms:150", {"x_token_delay": 0.03}, (0, 0), (0.15, 0.4)),
 ])
 def test_each_policy_cancels_at_socket_level(server, monkeypatch, kind, policy, knobs, tokens_seen, cancel_after_s):
-    monkeypatch.setattr(cancel_module, "PREFILL_CANCEL_DELAY_S", PREFILL_S)
+    headers_case = kind == "chat-stream" and policy == "before-first-token"
+    monkeypatch.setattr(cancel_module, "PREFILL_CANCEL_DELAY_S", HEADERS_CASE_PREFILL_S if headers_case else PREFILL_S)
     tag = uuid.uuid4().hex
     user, fired = make_user(server.url, extra={"x_tag": tag, **knobs}, cancel=CancelPolicy.parse(policy))
     record = user.llm_request(kind)
@@ -103,12 +110,12 @@ def test_no_connection_or_pool_slot_leaks_over_many_cancels(monkeypatch):
     """100 cancels (every policy, stream and not) and 5 timeouts, then normal requests on the
     same user: every pool slot comes back, the server saw every disconnect, and the normal
     requests share one keep-alive connection again."""
-    # cancel non-streams 60 ms after sending (not 20): time enough for a busy CI machine's
+    # cancel non-streams 150 ms after sending (not 20): time enough for a busy CI machine's
     # server to have logged the request, so that it can be matched with its disconnect
-    monkeypatch.setattr(cancel_module, "PREFILL_CANCEL_DELAY_S", 0.06)
+    monkeypatch.setattr(cancel_module, "PREFILL_CANCEL_DELAY_S", 0.15)
     with StreamServer("--token-delay", "0.002") as server:
         tag = uuid.uuid4().hex
-        user, fired = make_user(server.url, extra={"x_tag": tag, "x_first_delay": 0.2}, output_tokens=10)
+        user, fired = make_user(server.url, extra={"x_tag": tag, "x_first_delay": 0.4}, output_tokens=10)
         pool = user.client.client.clientpool.get_client(users_url(user))._connection_pool
         slots = pool._semaphore.counter
         policies = ["before-first-token", "after-chunks:1", "after-ms:60", "after-ms:90"]
@@ -120,7 +127,7 @@ def test_no_connection_or_pool_slot_leaks_over_many_cancels(monkeypatch):
                 kind = kind if kind.endswith("stream") else kind + "-stream"
                 user.extra_body = {"x_tag": tag}  # tokens at once
             else:
-                user.extra_body = {"x_tag": tag, "x_first_delay": 0.2}  # still in prefill when cancelled
+                user.extra_body = {"x_tag": tag, "x_first_delay": 0.4}  # still in prefill when cancelled
             user.options = LoadOptions(output_tokens=10, rate=10000.0, cancel=CancelPolicy.parse(spec))
             record = user.llm_request(kind)
             assert record.outcome == CANCELLED, (spec, kind, record.error)
