@@ -283,7 +283,7 @@ def test_a_mid_stream_fault_that_lands_after_the_probe_finished_fails_the_run(tm
     scenario = tmp_path / "late.yaml"
     scenario.write_text(LATE % os.path.join(ROOT, "tests", "support", "late_fault_plugin.py"))
     art = tmp_path / "run"
-    proc = _run(["--ft-scenario", str(scenario), "--ft-requests-per-client", "40", "-u", "2", "-r", "2"], art)
+    proc = _run(["--ft-scenario", str(scenario), "--ft-requests-per-client", "12", "-u", "2", "-r", "2"], art)
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((art / "summary.json").read_text())
     (fault,) = summary["faults"]
