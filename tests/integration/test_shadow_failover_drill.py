@@ -11,6 +11,7 @@ and the routing around a sleeping worker are also tested through the Python API.
 import json
 import os
 import re
+import time
 
 import pytest
 
@@ -41,6 +42,17 @@ def _received(log_text):
 
 def _completed(log_text):
     return set(re.findall(r"request completed request_id=(\S+)", log_text))
+
+
+def _completed_by(log_path, ids, timeout_s=5.0):
+    """Whether the worker logged all `ids` completed within `timeout_s`: it writes the line just
+    after the response's last bytes, so a client can be a moment ahead of the log."""
+    deadline = time.monotonic() + timeout_s
+    while not set(ids) <= _completed(open(log_path).read()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def test_shadow_failover_drill_passes(tmp_path):
@@ -144,7 +156,7 @@ def test_sleep_and_wake_endpoints_and_routing_around_a_sleeping_worker(tmp_path)
         instances = {i["name"]: i for i in client.get_json(dep.base_url, "/health")[1]["instances"]}
         assert instances["worker-2"]["asleep"] is True and instances["worker-1"]["asleep"] is False
         ids = [_completion(dep, f"p {i}")[1]["id"].split("-", 1)[1] for i in range(4)]
-        assert set(ids) <= _completed(open(dep.log_path("worker-1")).read())
+        assert _completed_by(dep.log_path("worker-1"), ids)
         assert not _received(open(dep.log_path("worker-2")).read())  # round-robin skipped the sleeper
         status, _, _ = client.request(shadow, "POST", "/generate", {"request_id": "x", "seed": 1, "max_tokens": 1,
                                                                     "prompt_tokens": 1}, timeout_s=5)
@@ -157,7 +169,7 @@ def test_sleep_and_wake_endpoints_and_routing_around_a_sleeping_worker(tmp_path)
         assert failover.sleep(primary, "vllm", level=2) == {"status": "ok"}
         assert client.get_json(primary, "/health")[1]["status"] == "sleeping"
         ids = [_completion(dep, f"q {i}")[1]["id"].split("-", 1)[1] for i in range(4)]
-        assert set(ids) <= _completed(open(dep.log_path("worker-2")).read())
+        assert _completed_by(dep.log_path("worker-2"), ids)
         assert not set(ids) & set(_received(open(dep.log_path("worker-1")).read()))
         assert dep.recovered("frontend") is True  # one awake worker: the frontend serves
         assert failover.sleep(shadow, "sglang") == {"status": "ok"}  # both asleep: nothing serves
