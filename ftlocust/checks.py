@@ -865,6 +865,10 @@ def _cancellations_counted(p: dict, result: RunResult) -> tuple[bool, str]:
             return empty
     if not all_named:
         return False, f"{detail}: {p['cancelled_in']}'s log names fewer cancelled requests than the clients cancelled"
+    if p["received_line"] and expected == 0:  # no cancel reached them (or a received_line that matches nothing)
+        empty = _empty(p, detail)
+        if empty:
+            return empty
     return abs(change - expected) < 0.5, detail
 
 

@@ -735,3 +735,11 @@ def test_cancellations_counted_with_received_line_owes_only_the_cancels_that_rea
     silent = log("silent", ["nothing here"])
     v = verdict((0, 0), frontend_log=silent)
     assert not v.passed and "names fewer cancelled requests than the clients cancelled" in v.detail
+    # a received_line that matches nothing owes nothing: judged as empty, not passed
+    (typo,) = build_checks([{"check": "cancellations_counted", "roles": "worker-*", "within_s": 0,
+                             "name": "dynamo_component_cancellation_total", "received_line": "request recieved"}])
+    result = RunResult(records=records, metrics_before={"worker-1": snap(0), "worker-2": snap(0)},
+                       metrics_after={"worker-1": snap(0), "worker-2": snap(0)},
+                       log_paths={"frontend": frontend, "worker-1": worker1, "worker-2": worker2})
+    v = evaluate([typo], result, builtin=False)[0]
+    assert not v.passed and v.detail.startswith("empty: ") and "0 of them 'request recieved'" in v.detail

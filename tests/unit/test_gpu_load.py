@@ -4,6 +4,8 @@ the PTX text, the CUresult sentences, a missing libcuda.so.1."""
 
 import os
 import re
+import signal
+import subprocess
 
 import pytest
 
@@ -192,3 +194,29 @@ def test_nvml_bus_ids_become_the_spelling_cuda_documents():
     assert cuda_driver.cuda_pci_bus_id("00000000:3B:00.0") == "0000:3b:00.0"
     with pytest.raises(cuda_driver.CudaError, match="not a PCI bus id"):
         cuda_driver.cuda_pci_bus_id("3B")
+
+
+def test_a_rollback_that_cannot_end_the_helper_says_so(gpus, tmp_path):
+    fault = build_fault(spec(), "faults[0]")
+    preflighted(fault, tmp_path)
+    real = fault._proc
+
+    class Undying:  # a helper that outlives SIGTERM and SIGKILL (a process stuck in the kernel)
+        pid = real.pid
+        signals = []
+
+        def poll(self):
+            return None
+
+        def send_signal(self, sig):
+            self.signals.append(sig)
+
+        def wait(self, timeout):
+            raise subprocess.TimeoutExpired("helper", timeout)
+
+    fault._proc = Undying()
+    with pytest.raises(RuntimeError, match=rf"the GPU helper of pressure \(pid {real.pid}\) is still running"):
+        fault.recover(FaultContext())
+    assert Undying.signals == [signal.SIGTERM, signal.SIGKILL]
+    fault._proc = real  # the real one ends as usual, and only then is the rollback done
+    assert fault.recover(FaultContext()) == f"ended the GPU helper of pressure (pid {real.pid})" and gone(real.pid)
