@@ -44,7 +44,6 @@ from ftlocust.faults import Fault, FaultContext, register
 from ftlocust.gpu import GpuSample, GpuUnavailable, Nvml, describe_error
 from ftlocust.guardian import process_action
 from ftlocust.phases import FaultEvent
-from ftlocust.processes import ProcessRef
 from ftlocust.validation import error, mapping, missing, number
 
 log = logging.getLogger("ftlocust.faults")
@@ -79,7 +78,8 @@ class GpuLoadFault(Fault):
         self.total_mib: float | None = None
         self._nvml: Nvml | None = None
         self._proc: subprocess.Popen | None = None
-        self.helper: ProcessRef | None = None
+        # Set once the guardian holds the helper's process group (then it must be released).
+        self.helper_pid: int | None = None
         self._go_fd: int | None = None
         self._out_fd: int | None = None
         self._buf = b""
@@ -122,7 +122,7 @@ class GpuLoadFault(Fault):
             self._start_helper(ctx)
         except BaseException:
             self._stop_helper()
-            if self.helper is not None:
+            if self.helper_pid is not None:
                 ctx.release(self.name)
             self._close_nvml()
             raise
@@ -156,14 +156,16 @@ class GpuLoadFault(Fault):
             os.close(stdin_r)
             os.close(stdout_w)
         try:
+            # By pid and start time, not command line: until the kernel has finished the exec,
+            # /proc/<pid>/cmdline reads empty (measured: most spawns under load).
             action = process_action("stop-process", self._proc.pid, label=f"GPU helper of {self.name}", grace_s=1.0)
-            self.helper = ProcessRef.capture(self._proc.pid, self.where)
-        except (ProcessLookupError, ConfigError):  # it failed before it could be captured
+        except ProcessLookupError:  # it failed before it could be captured
             self._proc.wait(timeout=EXIT_TIMEOUT_S)
             raise ConfigError(f"{self.where}: the GPU helper could not use GPU {self.index}: "
                               f"{self._helper_said(self._read_line(0), log_path)}") from None
         # Its process group is ended by the guardian if ftlocust dies from here on.
         ctx.guard(self.name, action)
+        self.helper_pid = self._proc.pid
         line = self._read_line(HELPER_READY_TIMEOUT_S)
         if not line.startswith("ready"):
             raise ConfigError(f"{self.where}: the GPU helper could not use GPU {self.index}: "
@@ -204,14 +206,14 @@ class GpuLoadFault(Fault):
         return f"released after {after:g} s" if after is not None else "until recovery"
 
     def inject(self, ctx: FaultContext) -> FaultEvent:
-        if self.helper is None or not self.helper.alive():
-            raise RuntimeError(f"the GPU helper{f' (pid {self.helper.pid})' if self.helper else ''} is not "
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError(f"the GPU helper{f' (pid {self.helper_pid})' if self.helper_pid else ''} is not "
                                f"running: {self._helper_said(self._read_line(0))}")
         before = self._nvml.sample(self.index)
         os.write(self._go_fd, b"go\n")
         line = self._read_line(HOLDING_TIMEOUT_S)
         if not line.startswith("holding "):
-            raise RuntimeError(f"GPU helper (pid {self.helper.pid}) on GPU {self.index}: {self._helper_said(line)}")
+            raise RuntimeError(f"GPU helper (pid {self.helper_pid}) on GPU {self.index}: {self._helper_said(line)}")
         held_at = time.time()
         held = line[len("holding "):]
         self._held = int(held) if held.isdigit() else held
@@ -224,16 +226,16 @@ class GpuLoadFault(Fault):
         self.event = FaultEvent(
             name=self.name, kind=self.kind, target=self.spec.target, injected_at=held_at,
             detail={"gpu": self.index, "uuid": self.uuid, "pci_bus_id": self.pci_bus_id,
-                    "helper_pid": self.helper.pid, "held": self._held,
+                    "helper_pid": self.helper_pid, "held": self._held,
                     "nvml_before": _witness(before), "nvml_after": _witness(now)})
         log.info("injected %s on GPU %d: %s (NVML used %.0f → %.0f MiB, util %s → %s %%)", self.kind, self.index,
                  self._what(), before.mem_used_mib or 0, now.mem_used_mib or 0, before.util_pct, now.util_pct)
         return self.event
 
     def recover(self, ctx: FaultContext) -> str | None:
-        if self._lifted or self.helper is None:
+        if self._lifted or self.helper_pid is None:
             return None
-        pid = self.helper.pid
+        pid = self.helper_pid
         if not self._stop_helper():
             raise RuntimeError(f"the GPU helper of {self.name} (pid {pid}) is still running after SIGTERM and SIGKILL")
         what = f"ended the GPU helper of {self.name} (pid {pid})"

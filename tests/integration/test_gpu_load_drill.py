@@ -60,15 +60,15 @@ def test_memory_is_held_only_between_inject_and_recover(gpus, tmp_path):
     ctx = FaultContext(artifacts_dir=str(tmp_path))
     fault.preflight(ctx)
     try:
-        assert not gone(fault.helper.pid)
+        assert not gone(fault.helper_pid)
         assert used_mib(1) == BASE_MIB  # started and ready, nothing allocated yet
         event = fault.inject(ctx)
         assert used_mib(1) == BASE_MIB + 71885 and used_mib(0) == BASE_MIB  # half of GPU 1, GPU 0 untouched
         d = event.detail
-        assert (d["gpu"], d["uuid"], d["held"], d["helper_pid"]) == (1, "GPU-fake-0001", 71885 * MIB, fault.helper.pid)
+        assert (d["gpu"], d["uuid"], d["held"], d["helper_pid"]) == (1, "GPU-fake-0001", 71885 * MIB, fault.helper_pid)
         assert d["nvml_before"]["mem_used_mib"] == BASE_MIB and d["nvml_after"]["mem_used_mib"] == BASE_MIB + 71885
         assert d["nvml_before"]["t"] <= event.injected_at <= d["nvml_after"]["t"]
-        pid = fault.helper.pid
+        pid = fault.helper_pid
     finally:
         what = fault.recover(ctx)
     assert gone(pid) and used_mib(1) == BASE_MIB
@@ -101,7 +101,7 @@ def test_a_hold_nvml_does_not_see_is_a_failed_injection(gpus, monkeypatch, tmp_p
     fault = build_fault(spec(gpu=1, fraction=0.2), "faults[0]")
     ctx = FaultContext(artifacts_dir=str(tmp_path))
     fault.preflight(ctx)
-    pid = fault.helper.pid
+    pid = fault.helper_pid
     try:
         with pytest.raises(RuntimeError, match=r"^GPU 1: the helper says it holds 28754 MiB, but NVML does not show "
                                                r"it: used memory 512.0 → 512.0 MiB after 5 s$"):
@@ -117,7 +117,7 @@ def test_an_allocation_the_helper_cannot_make_is_a_failed_injection_with_its_err
     fault = build_fault(spec(gpu=1, fraction=0.5), "faults[0]")
     ctx = FaultContext(artifacts_dir=str(tmp_path))
     fault.preflight(ctx)
-    pid = fault.helper.pid
+    pid = fault.helper_pid
     try:
         with pytest.raises(RuntimeError) as e:
             fault.inject(ctx)
@@ -140,7 +140,7 @@ fault = build_fault(FaultSpec(name="pressure", kind="gpu-memory-pressure", targe
                               trigger=TriggerSpec(after_seconds=1), params={"gpu": 1, "fraction": 0.5}), "faults[0]")
 fault.preflight(ctx)
 fault.inject(ctx)
-print(json.dumps({"helper": fault.helper.pid, "guardian": g.proc.pid}), flush=True)
+print(json.dumps({"helper": fault.helper_pid, "guardian": g.proc.pid}), flush=True)
 time.sleep(120)
 """
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 # A parent that starts children (argv[0] = a fake name, the real python as the executable) and
-# prints their pids once they have exec'd (Popen returns after the exec).
+# prints their pids once /proc shows their argv[0].
 TREE = r"""
 import ctypes, os, subprocess, sys, time
 os.environ["PYTHONEXECUTABLE"] = sys.executable  # argv[0] no longer tells a child python where it is
@@ -17,6 +17,19 @@ os.environ["PYTHONEXECUTABLE"] = sys.executable  # argv[0] no longer tells a chi
 spec = sys.argv[1:]
 code = "import time; time.sleep(60)"
 procs = []
+
+def wait_for_argv0(pid, argv0):
+    # Popen returns once the exec has begun; the kernel sets up the new command line a moment
+    # later, and until then /proc/<pid>/cmdline reads empty. Bounded: 5 s.
+    for _ in range(500):
+        try:
+            if open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")[0] == argv0.encode():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    sys.exit("pid %d never showed argv[0] %r" % (pid, argv0))
+
 for item in spec:
     if item.startswith(("comm:", "both:")):
         how, name = item.split(":", 1)
@@ -30,17 +43,13 @@ for item in spec:
         inner = ("import subprocess, sys, time; p = subprocess.Popen([%r, '-c', %r], executable=sys.executable); "
                  "print(p.pid, flush=True); time.sleep(60)") % (leaf, code)
         p = subprocess.Popen([middle, "-c", inner], executable=sys.executable, stdout=subprocess.PIPE)
-        print("grandchild", p.stdout.readline().decode().strip(), flush=True)
+        grandchild = int(p.stdout.readline())
+        wait_for_argv0(grandchild, leaf)
+        print("grandchild", grandchild, flush=True)
     else:
         p = subprocess.Popen([item, "-c", code], executable=sys.executable)
-    argv0 = item.split(">")[0].removeprefix("both:")
-    for _ in range(500):  # bounded: the child's argv[0] readable in /proc before its pid is given out
-        try:
-            if item.startswith("comm:") or open("/proc/%d/cmdline" % p.pid, "rb").read().split(b"\0")[0] == argv0.encode():
-                break
-        except OSError:
-            pass
-        time.sleep(0.01)
+    if not item.startswith("comm:"):
+        wait_for_argv0(p.pid, item.split(">")[0].removeprefix("both:"))
     procs.append(p)
     print("child", p.pid, flush=True)
 print("ready", flush=True)

@@ -63,7 +63,7 @@ def test_an_unknown_gpu_is_one_line_at_preflight(gpus, tmp_path):
         with pytest.raises(GpuUnavailable) as e:
             preflighted(fault, tmp_path)
         assert str(e.value).startswith("faults[0].gpu: ") and expected in str(e.value) and "\n" not in str(e.value)
-        assert fault.helper is None
+        assert fault.helper_pid is None
 
 
 def test_without_nvml_preflight_names_what_is_missing(monkeypatch, tmp_path):
@@ -82,13 +82,13 @@ def test_more_than_is_free_is_one_line_before_any_helper_starts(gpus, tmp_path):
         preflighted(fault, tmp_path)
     assert str(e.value) == ("faults[0].fraction: expected at most what GPU 0 has free: 0.5 of 143771 MiB is "
                             "71885 MiB, but 43259 MiB are free (1024 MiB kept for the helper's CUDA context)")
-    assert fault.helper is None
+    assert fault.helper_pid is None
 
 
 def test_a_dry_run_starts_nothing_and_says_exactly_what_it_would_hold(gpus, tmp_path):
     fault = build_fault(spec(fraction=0.5, duration_s=20), "faults[0]")
     preflighted(fault, tmp_path, dry_run=True)
-    assert fault.helper is None and not list(tmp_path.glob("gpu-helper-*"))
+    assert fault.helper_pid is None and not list(tmp_path.glob("gpu-helper-*"))
     assert fault.describe() == ("hold 50 % of GPU 0 (GPU-fake-0000, 143771 MiB): 71885 MiB, from a helper process "
                                 f"started at preflight, {fault.spec.trigger.describe()}, released after 20 s")
     compute = build_fault(spec("gpu-compute-overload", gpu="GPU-fake-0001"), "faults[0]")
@@ -114,7 +114,7 @@ def test_a_helper_that_cannot_open_cuda_fails_preflight_with_its_error(gpus, mon
         preflighted(fault, tmp_path)
     assert str(e.value) == ("faults[0]: the GPU helper could not use GPU 0: CUDA: libcuda.so.1 not found "
                             "(no NVIDIA driver on this machine)")
-    assert fault.helper is not None and wait(lambda: gone(fault.helper.pid), 5)
+    assert fault.helper_pid is not None and wait(lambda: gone(fault.helper_pid), 5)
 
 
 def test_a_backend_that_cannot_be_imported_is_the_helpers_one_line(gpus, monkeypatch, tmp_path):
@@ -128,7 +128,7 @@ def test_preflight_starts_the_helper_in_its_own_group_and_allocates_nothing(gpus
     fault = build_fault(spec(), "faults[0]")
     preflighted(fault, tmp_path)
     try:
-        pid = fault.helper.pid
+        pid = fault.helper_pid
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         assert int(fields[2]) == pid  # its own process group: stop-process ends all of it
@@ -141,7 +141,7 @@ def test_preflight_starts_the_helper_in_its_own_group_and_allocates_nothing(gpus
 def test_the_helper_ends_itself_when_its_stdin_closes(gpus, tmp_path):
     fault = build_fault(spec("gpu-compute-overload"), "faults[0]")
     preflighted(fault, tmp_path)
-    pid = fault.helper.pid
+    pid = fault.helper_pid
     proc = fault._proc
     os.close(fault._go_fd)  # what the driver's death does to the pipe
     fault._go_fd = None
