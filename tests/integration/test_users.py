@@ -136,7 +136,7 @@ def test_ttft_is_taken_when_the_first_token_arrives(server):
     record = user.llm_request("completion-stream")
     (served,) = server.requests_tagged(tag)
     lag = record.first_token_wall - served["t_first_send"]
-    assert -0.005 < lag < 0.1, lag  # reading in 1 KiB blocks would lag by ~5 events (~0.25 s) here
+    assert 0 <= lag < 0.1, lag  # reading in 1 KiB blocks would lag by ~5 events (~0.25 s) here
     assert 0.3 <= record.ttft_s < 0.3 + 0.25
     assert record.itl_p50_s == pytest.approx(0.05, abs=0.04)
 
@@ -261,7 +261,7 @@ def test_a_reasoning_models_stream_counts_its_reasoning(server, chunk_usage):
     assert (record.output_tokens, record.content_chunks) == (10, 10)
     assert record.token_source == ("chunk-usage" if chunk_usage else "chunks")
     (served,) = server.requests_tagged(tag)
-    assert -0.005 < record.first_token_wall - served["t_first_send"] < 0.1  # the first reasoning chunk
+    assert 0 <= record.first_token_wall - served["t_first_send"] < 0.1  # the first reasoning chunk
     assert 0.3 <= record.ttft_s < 0.3 + 0.25
 
 

@@ -45,8 +45,8 @@ reference deployment's deterministic tokens); otherwise " tok<i>".
 
 Every event carries `x_sent` (the server's time.time() when it was written). `/stats` returns
 counters (`connections_total`, `connections_open`, `requests`) and a `log` with one entry per
-request: id, tag, seed, max_tokens, peer, t_start, t_first_send, tokens_sent, t_disconnect (when
-the client went away before the end), completed.
+request: id, tag, seed, max_tokens, peer, t_start, t_first_send (just before the first token's
+write), tokens_sent, t_disconnect (when the client went away before the end), completed.
 """
 
 from __future__ import annotations
@@ -342,9 +342,11 @@ class App:
                 choice = {"index": 0, "delta": delta, "finish_reason": None}
             else:
                 choice = {"index": 0, "text": text, "finish_reason": None}
-            await resp.write(event([choice], usage(j) if chunk_usage else None))
             if entry["t_first_send"] is None:
+                # Before the write: an await can yield after the bytes left, and the client may
+                # read them before this coroutine runs again.
                 entry["t_first_send"] = time.time()
+            await resp.write(event([choice], usage(j) if chunk_usage else None))
             entry["tokens_sent"] = j
         finish = None if body.get("x_no_finish") else "length"
         last = {"index": 0, "delta": {}, "finish_reason": finish} if chat else {"index": 0, "text": "", "finish_reason": finish}
