@@ -19,8 +19,9 @@ dies; it also ends itself when its stdin reaches EOF). It opens the GPU with the
 wait for its `holding` line; then the driver's own NVML reading must show the effect (used
 memory up by at least WITNESS_SHARE of what is held; utilisation >= BUSY_UTIL_PCT when NVML
 reports it) within WITNESS_TIMEOUT_S, or inject raises: the fault did not happen. Recovery is
-SIGTERM to the helper by identity and a bounded wait for its exit; for memory, NVML must show
-the memory free again. A dry run starts nothing and prints what would be done.
+SIGTERM to the helper through its Popen, SIGKILL after a bounded wait (it raises if the helper
+still runs after both); for memory, NVML must show the memory free again. A dry run starts
+nothing and prints what would be done.
 
 The event's detail: `gpu`, `uuid`, `pci_bus_id`, `helper_pid`, `held` (bytes, or "busy"), and
 the NVML witness read by the driver: `nvml_before` and `nvml_after` ({mem_used_mib, util_pct})
