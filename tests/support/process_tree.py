@@ -62,12 +62,14 @@ class Tree:
         self.proc = subprocess.Popen([sys.executable, "-c", TREE, *spec], stdout=subprocess.PIPE, text=True,
                                      start_new_session=True)
         self.children, self.grandchildren = [], []
+        ready = False
         for line in self.proc.stdout:
             kind, _, pid = line.strip().partition(" ")
             if kind == "ready":
+                ready = True
                 break
             (self.children if kind == "child" else self.grandchildren).append(int(pid))
-        assert self.proc.poll() is None
+        assert ready and self.proc.poll() is None, f"the process tree {spec} did not start (its stderr says why)"
         self.pid = self.proc.pid
 
     def close(self):
